@@ -1,0 +1,35 @@
+# Every target sets up the project-local virtual environment it needs, pinned by constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+PORT ?= 8000
+
+.PHONY: serve test train lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Serving needs no TensorFlow: the serve extra only.
+$(VENV)/.serve-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e ".[serve]"
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e ".[serve,train,dev]"
+	touch $@
+
+serve: $(VENV)/.serve-installed
+	$(BIN)/gunicorn --config service/gunicorn.conf.py --bind 0.0.0.0:$(PORT) "service:create_app()"
+
+train: $(VENV)/.dev-installed
+	$(BIN)/python -m training --reports reports $(MODELS)
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
