@@ -1,0 +1,10 @@
+"""The prediction service. gunicorn calls `create_app()`."""
+
+__version__ = "0.1.0"
+
+
+def create_app(config=None):
+    # Imported here so that `import service.forward` needs NumPy only, not Flask or onnxruntime.
+    from service.app import build_app
+
+    return build_app(config)
