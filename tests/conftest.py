@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,3 +40,69 @@ def fresh(tmp_path_factory):
 
     repository = tmp_path_factory.mktemp("models")
     return {name: pipeline.run(specs.load(name), repository, verbose=0) for name in MODEL_NAMES}
+
+
+@pytest.fixture(scope="session")
+def app():
+    from service import create_app
+
+    return create_app({"model_repository": MODELS})
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/live", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"gunicorn did not answer on {url} within {seconds} s")
+
+
+@contextlib.contextmanager
+def gunicorn(repository: Path = MODELS, workers: int = 2, **environment):
+    """A real gunicorn, with the project's config, on a free loopback port; yields its URL."""
+    port = free_port()
+    env = {**os.environ, "SERVING_MODEL_REPOSITORY": str(repository), "SERVING_WORKERS": str(workers),
+           "SERVING_BIND": f"127.0.0.1:{port}", **environment}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "service" / "gunicorn.conf.py")],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until_ready(url, process)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="session")
+def server():
+    """The URL of a service to test over HTTP: SERVING_TEST_URL when set (a container), else a
+    gunicorn started here."""
+    if os.environ.get("SERVING_TEST_URL"):
+        yield os.environ["SERVING_TEST_URL"].rstrip("/")
+        return
+    with gunicorn() as url:
+        yield url

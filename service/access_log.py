@@ -1,0 +1,32 @@
+"""gunicorn's access log as one JSON object per line, with the request id."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from gunicorn.glogging import Logger
+
+
+class JsonAccessLogger(Logger):
+    def access(self, resp, req, environ, request_time):
+        if not self.access_log_enabled:
+            return
+        status = resp.status
+        if isinstance(status, str):
+            status = status.split(None, 1)[0]
+        headers = resp.headers.items() if hasattr(resp.headers, "items") else resp.headers
+        request_id = next((value for name, value in headers if name.lower() == "x-request-id"), None)
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "remote": environ.get("REMOTE_ADDR"),
+            "method": environ.get("REQUEST_METHOD"),
+            "path": environ.get("PATH_INFO"),
+            "query": environ.get("QUERY_STRING") or None,
+            "status": int(status) if str(status).isdigit() else status,
+            "bytes": getattr(resp, "sent", None),
+            "duration_ms": round(request_time.total_seconds() * 1000, 3),
+            "request_id": request_id,
+            "user_agent": environ.get("HTTP_USER_AGENT"),
+        }
+        self.access_log.info(orjson.dumps(record).decode())

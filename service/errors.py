@@ -1,0 +1,73 @@
+"""Errors that carry their own HTTP status, and the one place that turns any error into JSON."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    status = 500
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ServiceError):
+    status = 400
+
+
+class ModelNotFound(ServiceError):
+    status = 404
+
+    def __init__(self, name: str, version: str | int | None = None):
+        where = f"model {name!r}" if version is None else f"model {name!r} version {version}"
+        super().__init__(f"{where} not found")
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+
+
+class ModelNotReady(ServiceError):
+    status = 503
+
+
+def error_response(message: str, status: int) -> Response:
+    return Response(orjson.dumps({"error": message}), status=status, mimetype="application/json")
+
+
+def register(app: Flask) -> None:
+    """Every error mapping, in one place; the last resort logs and answers 500 without a trace."""
+
+    @app.errorhandler(ServiceError)
+    def service_error(error: ServiceError):
+        return error_response(error.message, error.status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        messages = {
+            404: "no such route",
+            405: "method not allowed",
+            413: "request body is larger than the configured limit",
+        }
+        message = messages.get(error.code, error.description or error.name)
+        response = error_response(message, error.code or 500)
+        if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        log.exception("unhandled error")
+        return error_response(f"internal error ({type(error).__name__})", 500)

@@ -1,0 +1,66 @@
+"""Prometheus metrics, correct across gunicorn workers.
+
+gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before any worker imports this module; each
+worker then writes its samples to files there and /metrics sums them. Without that
+variable (the Flask test client, a single process) the default in-memory registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+REQUESTS = Counter(
+    "serving_requests_total", "Requests answered, by model, version, protocol and HTTP status.",
+    ["model", "version", "protocol", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "serving_request_duration_seconds", "Time from request to response, by protocol.",
+    ["protocol"], buckets=LATENCY_BUCKETS,
+)
+INFERENCE_SECONDS = Histogram(
+    "serving_inference_duration_seconds", "Time inside onnxruntime, by model and version.",
+    ["model", "version"], buckets=LATENCY_BUCKETS,
+)
+BATCH_ROWS = Histogram(
+    "serving_batch_size_rows", "Rows per inference call, by model.", ["model"], buckets=ROW_BUCKETS,
+)
+LOAD_FAILURES = Counter(
+    "serving_model_load_failures_total", "Model versions that failed to load, per worker start.",
+    ["model", "version"],
+)
+MODEL_READY = Gauge(
+    "serving_model_ready", "1 when the model version is loaded in every live worker, else 0.",
+    ["model", "version"], multiprocess_mode="livemin",
+)
+
+
+def record_registry(registry) -> None:
+    for name, versions in registry.models.items():
+        for version in versions:
+            MODEL_READY.labels(name, str(version)).set(1)
+    for name, versions in registry.failures.items():
+        for version in versions:
+            MODEL_READY.labels(name, str(version)).set(0)
+            LOAD_FAILURES.labels(name, str(version)).inc()
+
+
+def exposition() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

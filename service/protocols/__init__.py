@@ -1,0 +1,1 @@
+"""HTTP protocols: the Open Inference Protocol v2 and the TensorFlow Serving REST API."""

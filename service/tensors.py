@@ -1,0 +1,105 @@
+"""Request tensors to float32 NumPy arrays, checked; shared by both protocols.
+
+Conversion rule: every model takes FP32. FP32, FP16 and FP64 data are rounded to the
+nearest float32; INT8..INT64 and UINT8..UINT64 data must be whole numbers within their
+type's range and are converted to float32 (exact below 2**24). A value that is not finite
+after conversion (NaN, infinity, or beyond float32's range) is refused. BOOL and BYTES are
+refused: no model here takes them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.errors import BadRequest, PayloadTooLarge
+
+NUMERIC = {
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+}
+KNOWN = (*NUMERIC, "BOOL", "BYTES")
+
+
+def check_datatype(datatype, where: str) -> np.dtype:
+    if not isinstance(datatype, str) or datatype not in KNOWN:
+        raise BadRequest(f"{where}: unknown datatype {datatype!r}; expected one of {', '.join(KNOWN)}")
+    if datatype not in NUMERIC:
+        raise BadRequest(f"{where}: datatype {datatype} is not supported; the model takes FP32 "
+                         "(FP64, FP16 and integer types are converted)")
+    return np.dtype(NUMERIC[datatype])
+
+
+def check_shape(shape, where: str) -> tuple[int, ...]:
+    if (not isinstance(shape, list) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise BadRequest(f"{where}: shape must be a non-empty array of non-negative integers, "
+                         f"got {shape!r}")
+    return tuple(shape)
+
+
+def from_json(data, datatype, shape, where: str) -> np.ndarray:
+    """A tensor given as JSON numbers, nested or flat in row-major order."""
+    dtype = check_datatype(datatype, where)
+    shape = check_shape(shape, where)
+    values = numbers(data, where)
+    count = int(np.prod(shape))
+    if values.size != count:
+        raise BadRequest(f"{where}: data has {values.size} values but shape {list(shape)} "
+                         f"needs {count}")
+    if dtype.kind in "iu":
+        if values.size and values.dtype.kind == "f":
+            raise BadRequest(f"{where}: datatype {datatype} needs whole numbers")
+        limits = np.iinfo(dtype)
+        if values.size and (values.min() < limits.min or values.max() > limits.max):
+            raise BadRequest(f"{where}: a value lies outside the range of {datatype}")
+    return finite_float32(values.reshape(shape), where)
+
+
+def numbers(data, where: str) -> np.ndarray:
+    """A JSON array of numbers, nested or flat, as an integer or float array of its own shape."""
+    if not isinstance(data, list):
+        raise BadRequest(f"{where}: data must be an array of numbers")
+    try:
+        values = np.array(data)
+    except ValueError:
+        raise BadRequest(f"{where}: data is a ragged nested array") from None
+    if values.size and values.dtype.kind not in "iuf":
+        raise BadRequest(f"{where}: data must hold only numbers ({_kind_name(values)} found)")
+    return values
+
+
+def from_bytes(blob: bytes | memoryview, datatype, shape, where: str) -> np.ndarray:
+    """A tensor given as raw little-endian bytes (the binary tensor data extension)."""
+    dtype = check_datatype(datatype, where).newbyteorder("<")
+    shape = check_shape(shape, where)
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(blob) != expected:
+        raise BadRequest(f"{where}: binary data has {len(blob)} bytes but shape {list(shape)} "
+                         f"of {datatype} needs {expected}")
+    return finite_float32(np.frombuffer(blob, dtype=dtype).reshape(shape), where)
+
+
+def finite_float32(values: np.ndarray, where: str) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = values.astype(np.float32, copy=False)
+    if converted.dtype.kind == "f" and not np.isfinite(converted).all():
+        raise BadRequest(f"{where}: data holds NaN, infinity, or a value beyond the FP32 range")
+    return converted
+
+
+def _kind_name(values: np.ndarray) -> str:
+    return {"U": "strings", "S": "strings", "b": "booleans", "O": "null or objects"}.get(
+        values.dtype.kind, str(values.dtype))
+
+
+def fit_to_model(x: np.ndarray, model, max_batch: int, where: str) -> np.ndarray:
+    """A 2-D (rows, features) batch of at least one row and at most max_batch rows."""
+    expected = [-1, model.features]
+    if x.ndim != 2 or x.shape[1] != model.features:
+        raise BadRequest(f"{where}: shape {list(x.shape)} does not match the model's {expected}")
+    if x.shape[0] == 0:
+        raise BadRequest(f"{where}: the batch is empty")
+    if x.shape[0] > max_batch:
+        raise PayloadTooLarge(f"{where}: batch of {x.shape[0]} rows is over the limit of {max_batch}")
+    return np.ascontiguousarray(x)
