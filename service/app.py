@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Mapping
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response
 
 from service import errors, metrics
 from service.openapi import document as openapi_document
 from service.protocols import tfserving, v2
-from service.protocols.common import json_response
+from service.protocols.common import METRIC_LABELS, json_response
 from service.registry import ModelRegistry
 from service.settings import Settings
 
 REQUEST_ID = "X-Request-ID"
 # A client's id is echoed only when it is short and printable, so it cannot break a log line.
-CLIENT_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+CLIENT_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 def build_app(config: Mapping | None = None) -> Flask:
@@ -38,8 +38,7 @@ def build_app(config: Mapping | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(v2.blueprint)
     app.register_blueprint(tfserving.blueprint)
-    app.before_request(start_request)
-    app.after_request(finish_request)
+    app.wsgi_app = RequestObserver(app.wsgi_app)
 
     @app.get("/metrics")
     def prometheus():
@@ -53,18 +52,26 @@ def build_app(config: Mapping | None = None) -> Flask:
     return app
 
 
-def start_request() -> None:
-    g.started = time.perf_counter()
-    given = request.headers.get(REQUEST_ID, "")
-    g.request_id = given if CLIENT_ID.match(given) else uuid.uuid4().hex
+class RequestObserver:
+    """WSGI middleware: a request id on every response, and the request metrics.
 
+    Done here rather than in Flask's before/after hooks, which cost about a quarter of a
+    single-row prediction's time in the app.
+    """
 
-def finish_request(response: Response) -> Response:
-    response.headers[REQUEST_ID] = g.request_id
-    protocol = g.get("protocol")
-    if protocol is not None:  # prediction and model routes only; probes and /metrics are not counted
-        metrics.REQUESTS.labels(
-            g.get("model_name", ""), g.get("model_version", ""), protocol, str(response.status_code)
-        ).inc()
-        metrics.REQUEST_SECONDS.labels(protocol).observe(time.perf_counter() - g.started)
-    return response
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = given if CLIENT_ID.fullmatch(given) else os.urandom(16).hex()
+
+        def start(status: str, headers: list, exc_info=None):
+            headers.append((REQUEST_ID, request_id))
+            labels = environ.get(METRIC_LABELS)
+            if labels is not None:  # model routes only: probes and /metrics are not counted
+                metrics.observe_request(*labels, status[:3], time.perf_counter() - started)
+            return start_response(status, headers, exc_info)
+
+        return self.wsgi_app(environ, start)

@@ -8,6 +8,7 @@ variable (the Flask test client, a single process) the default in-memory registr
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -46,6 +47,30 @@ MODEL_READY = Gauge(
     "serving_model_ready", "1 when the model version is loaded in every live worker, else 0.",
     ["model", "version"], multiprocess_mode="livemin",
 )
+
+
+# Label children are looked up once per label set: prometheus_client's labels() takes a lock
+# and validates on every call, a measurable share of a sub-millisecond request.
+@lru_cache(maxsize=4096)
+def _request_children(model: str, version: str, protocol: str, status: str):
+    return REQUESTS.labels(model, version, protocol, status), REQUEST_SECONDS.labels(protocol)
+
+
+@lru_cache(maxsize=1024)
+def _inference_children(model: str, version: str):
+    return INFERENCE_SECONDS.labels(model, version), BATCH_ROWS.labels(model)
+
+
+def observe_request(model: str, version: str, protocol: str, status: str, seconds: float) -> None:
+    count, duration = _request_children(model, version, protocol, status)
+    count.inc()
+    duration.observe(seconds)
+
+
+def observe_inference(model: str, version: str, rows: int, seconds: float) -> None:
+    duration, batch = _inference_children(model, version)
+    duration.observe(seconds)
+    batch.observe(rows)
 
 
 def record_registry(registry) -> None:

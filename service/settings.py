@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 PREFIX = "SERVING_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -44,6 +45,10 @@ def _convert(name: str, value, kind: str):
             if number < 1:
                 raise ValueError
             return number
-        return str(value).lower()
+        level = str(value).lower()
+        if level not in LOG_LEVELS:
+            raise ValueError
+        return level
     except (TypeError, ValueError):
-        raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be a positive integer") from None
+        expected = "one of " + ", ".join(LOG_LEVELS) if kind == "str" else "a positive integer"
+        raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be {expected}") from None

@@ -9,6 +9,8 @@ refused: no model here takes them.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from service.errors import BadRequest, PayloadTooLarge
@@ -30,20 +32,23 @@ def check_datatype(datatype, where: str) -> np.dtype:
     return np.dtype(NUMERIC[datatype])
 
 
-def check_shape(shape, where: str) -> tuple[int, ...]:
-    if (not isinstance(shape, list) or not shape
+MAX_RANK = 8
+
+
+def check_shape(shape, where: str) -> tuple[tuple[int, ...], int]:
+    """The shape and its element count (a Python int: no overflow for absurd shapes)."""
+    if (not isinstance(shape, list) or not 0 < len(shape) <= MAX_RANK
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        raise BadRequest(f"{where}: shape must be a non-empty array of non-negative integers, "
-                         f"got {shape!r}")
-    return tuple(shape)
+        raise BadRequest(f"{where}: shape must be an array of 1 to {MAX_RANK} non-negative "
+                         f"integers, got {shape!r}")
+    return tuple(shape), math.prod(shape)
 
 
-def from_json(data, datatype, shape, where: str) -> np.ndarray:
+def from_json(data, datatype, shape, where: str, check_booleans: bool = True) -> np.ndarray:
     """A tensor given as JSON numbers, nested or flat in row-major order."""
     dtype = check_datatype(datatype, where)
-    shape = check_shape(shape, where)
-    values = numbers(data, where)
-    count = int(np.prod(shape))
+    shape, count = check_shape(shape, where)
+    values = numbers(data, where, check_booleans)
     if values.size != count:
         raise BadRequest(f"{where}: data has {values.size} values but shape {list(shape)} "
                          f"needs {count}")
@@ -56,24 +61,36 @@ def from_json(data, datatype, shape, where: str) -> np.ndarray:
     return finite_float32(values.reshape(shape), where)
 
 
-def numbers(data, where: str) -> np.ndarray:
+def may_hold_booleans(body: bytes | memoryview) -> bool:
+    """Whether a JSON body has a true or false anywhere: a cheap test that spares most requests
+    the element-by-element search for booleans mixed among numbers (NumPy reads them as 1 and 0)."""
+    raw = bytes(body)
+    return b"true" in raw or b"false" in raw
+
+
+def _holds_booleans(data: list) -> bool:
+    return any(type(item) is bool or (type(item) is list and _holds_booleans(item)) for item in data)
+
+
+def numbers(data, where: str, check_booleans: bool = True) -> np.ndarray:
     """A JSON array of numbers, nested or flat, as an integer or float array of its own shape."""
     if not isinstance(data, list):
         raise BadRequest(f"{where}: data must be an array of numbers")
     try:
         values = np.array(data)
     except ValueError:
-        raise BadRequest(f"{where}: data is a ragged nested array") from None
-    if values.size and values.dtype.kind not in "iuf":
-        raise BadRequest(f"{where}: data must hold only numbers ({_kind_name(values)} found)")
+        raise BadRequest(f"{where}: data is a ragged or too deeply nested array") from None
+    if values.size and (values.dtype.kind not in "iuf" or check_booleans and _holds_booleans(data)):
+        kind = "booleans" if values.dtype.kind in "iufb" else _kind_name(values)
+        raise BadRequest(f"{where}: data must hold only numbers ({kind} found)")
     return values
 
 
 def from_bytes(blob: bytes | memoryview, datatype, shape, where: str) -> np.ndarray:
     """A tensor given as raw little-endian bytes (the binary tensor data extension)."""
     dtype = check_datatype(datatype, where).newbyteorder("<")
-    shape = check_shape(shape, where)
-    expected = int(np.prod(shape)) * dtype.itemsize
+    shape, count = check_shape(shape, where)
+    expected = count * dtype.itemsize
     if len(blob) != expected:
         raise BadRequest(f"{where}: binary data has {len(blob)} bytes but shape {list(shape)} "
                          f"of {datatype} needs {expected}")

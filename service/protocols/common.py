@@ -6,12 +6,14 @@ import time
 
 import numpy as np
 import orjson
-from flask import Response, current_app, g, request
+from flask import Response, current_app, request
 
 from service import metrics
 from service.errors import BadRequest, UnsupportedMediaType
 from service.registry import ModelRegistry, OnnxModel
 from service.settings import Settings
+
+METRIC_LABELS = "serving.metric_labels"  # WSGI environ key: [model, version, protocol]
 
 
 def registry() -> ModelRegistry:
@@ -23,10 +25,10 @@ def settings() -> Settings:
 
 
 def resolve(name: str, version: str | None, protocol: str) -> OnnxModel:
-    """The model asked for, and labels for the request metrics."""
-    g.protocol = protocol
+    """The model asked for; its labels go to the request metrics (see service.app.RequestObserver)."""
+    labels = request.environ[METRIC_LABELS] = ["", "", protocol]
     model = registry().get(name, version)
-    g.model_name, g.model_version = model.name, str(model.version)
+    labels[:2] = model.name, str(model.version)
     return model
 
 
@@ -58,9 +60,7 @@ def parse_json(body: bytes | memoryview, what: str = "request body"):
 def infer(model: OnnxModel, x: np.ndarray) -> dict[str, np.ndarray]:
     started = time.perf_counter()
     outputs = model.infer(x)
-    version = str(model.version)
-    metrics.INFERENCE_SECONDS.labels(model.name, version).observe(time.perf_counter() - started)
-    metrics.BATCH_ROWS.labels(model.name).observe(x.shape[0])
+    metrics.observe_inference(model.name, str(model.version), x.shape[0], time.perf_counter() - started)
     return outputs
 
 

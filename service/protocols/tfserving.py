@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 from flask import Blueprint, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from service.errors import BadRequest, ModelNotFound
 from service.protocols.common import (
@@ -24,7 +25,7 @@ from service.protocols.common import (
     resolve,
     settings,
 )
-from service.tensors import finite_float32, fit_to_model, numbers
+from service.tensors import finite_float32, fit_to_model, may_hold_booleans, numbers
 
 blueprint = Blueprint("tfserving", __name__)
 VERBS = ("predict", "explain")
@@ -33,6 +34,8 @@ VERBS = ("predict", "explain")
 @blueprint.get("/v1/models/<name>")
 @blueprint.get("/v1/models/<name>/versions/<version>")
 def model_status(name: str, version: str | None = None):
+    if ":" in name or (version and ":" in version):  # a :predict or :explain path, asked with GET
+        raise MethodNotAllowed(valid_methods=["POST"])
     versions = registry().status(name)
     if version is not None:
         number = registry().version_number(name, version)
@@ -85,12 +88,12 @@ def model_call(name_verb: str, name: str | None = None):
     model_name, version = (target, None) if name is None else (name, target)
     model = resolve(model_name, version, "tfserving" if verb == "predict" else "explain")
     check_content_type("application/json")
-    document = parse_json(request.get_data(cache=False))
-    x, row_format = decode(document, model)
+    body = request.get_data(cache=False)
+    x, row_format = decode(parse_json(body), model, may_hold_booleans(body))
     return predict(model, x, row_format) if verb == "predict" else explain(model, x)
 
 
-def decode(document: dict, model) -> tuple[np.ndarray, bool]:
+def decode(document: dict, model, check_booleans: bool) -> tuple[np.ndarray, bool]:
     signature = document.get("signature_name", "serving_default")
     if signature not in ("serving_default", ""):
         raise BadRequest(f"signature_name {signature!r} is unknown; the model has 'serving_default'")
@@ -102,7 +105,8 @@ def decode(document: dict, model) -> tuple[np.ndarray, bool]:
         raise BadRequest("send exactly one of 'instances' (rows) or 'inputs' (columns)")
     row_format = "instances" in document
     field = "instances" if row_format else "inputs"
-    x = rows(document[field], model) if row_format else columns(document[field], model)
+    parse = rows if row_format else columns
+    x = parse(document[field], model, check_booleans)
     x = finite_float32(x, field)
     return fit_to_model(x, model, settings().max_batch, field), row_format
 
@@ -111,7 +115,7 @@ def feature_names(model) -> list[str]:
     return [feature["name"] for feature in model.card["features"]]
 
 
-def rows(instances, model) -> np.ndarray:
+def rows(instances, model, check_booleans: bool) -> np.ndarray:
     if not isinstance(instances, list) or not instances:
         raise BadRequest("field 'instances' must be a non-empty array of rows")
     if isinstance(instances[0], dict):
@@ -127,20 +131,20 @@ def rows(instances, model) -> np.ndarray:
                 table.append([row[name] for name in names])
             else:
                 raise BadRequest(keys_problem(where, row, model, names))
-        return numbers(table, "instances")
-    return numbers(instances, "instances")
+        return numbers(table, "instances", check_booleans)
+    return numbers(instances, "instances", check_booleans)
 
 
-def columns(inputs, model) -> np.ndarray:
+def columns(inputs, model, check_booleans: bool) -> np.ndarray:
     if isinstance(inputs, list):
-        return numbers(inputs, "inputs")
+        return numbers(inputs, "inputs", check_booleans)
     if not isinstance(inputs, dict):
         raise BadRequest("field 'inputs' must be an array or an object")
     names = feature_names(model)
     if set(inputs) == {model.input_name}:
-        return numbers(inputs[model.input_name], f"inputs.{model.input_name}")
+        return numbers(inputs[model.input_name], f"inputs.{model.input_name}", check_booleans)
     if set(inputs) == set(names):
-        cols = [numbers(inputs[name], f"inputs.{name}") for name in names]
+        cols = [numbers(inputs[name], f"inputs.{name}", check_booleans) for name in names]
         if any(col.ndim != 1 for col in cols) or len({len(col) for col in cols}) != 1:
             raise BadRequest("inputs: every feature must be a flat array of the same length")
         return np.stack(cols, axis=1)

@@ -9,6 +9,8 @@ parameters.binary_data is true; the response then carries the same header.
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from flask import Blueprint, Response, request
 
@@ -23,9 +25,10 @@ from service.protocols.common import (
     resolve,
     settings,
 )
-from service.tensors import fit_to_model, from_bytes, from_json
+from service.tensors import fit_to_model, from_bytes, from_json, may_hold_booleans
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+DIGITS = re.compile(r"[0-9]{1,12}")
 blueprint = Blueprint("v2", __name__)
 
 
@@ -100,7 +103,7 @@ def model_infer(name: str, version: str | None = None):
     body = request.get_data(cache=False)
     header, binary = split_body(body)
     document = parse_json(header)
-    x = decode_input(document, model, binary)
+    x = decode_input(document, model, binary, may_hold_booleans(header))
     wanted = requested_outputs(document, model)
     results = infer(model, x)
     return encode_response(document, model, results, wanted)
@@ -111,13 +114,13 @@ def split_body(body: bytes) -> tuple[memoryview, memoryview]:
     raw = request.headers.get(HEADER_LENGTH)
     if raw is None:
         return view, view[len(view):]
-    if not raw.isdigit() or not 0 < int(raw) <= len(body):
+    if not DIGITS.fullmatch(raw) or not 0 < int(raw) <= len(body):
         raise BadRequest(f"header {HEADER_LENGTH} must be an integer between 1 and the body "
                          f"length {len(body)}, got {raw!r}")
     return view[: int(raw)], view[int(raw):]
 
 
-def decode_input(document: dict, model, binary: memoryview):
+def decode_input(document: dict, model, binary: memoryview, check_booleans: bool):
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest("field 'inputs' must be a non-empty array of tensors")
@@ -155,7 +158,8 @@ def decode_input(document: dict, model, binary: memoryview):
             found = from_bytes(binary[offset:offset + size], tensor["datatype"], tensor["shape"], where)
             offset += size
         elif "data" in tensor:
-            found = from_json(tensor["data"], tensor["datatype"], tensor["shape"], where)
+            found = from_json(tensor["data"], tensor["datatype"], tensor["shape"], where,
+                              check_booleans)
         else:
             raise BadRequest(f"{where}: field 'data' is missing")
     if offset != len(binary):
