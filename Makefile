@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PORT ?= 8000
 
-.PHONY: serve test train lint clean
+.PHONY: serve test train lint clean container-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,11 @@ test: lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Builds and runs the serving image with podman: see container/test.sh.
+container-test: $(VENV)/.container-installed
+	bash container/test.sh
+
+$(VENV)/.container-installed: $(VENV)/.dev-installed
+	$(PIP) -e ".[serve,train,dev,container]"
+	touch $@

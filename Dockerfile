@@ -1,0 +1,61 @@
+# Serving image (default target, no TensorFlow) and a training image, from one base.
+# The base is an argument so that a locally built Debian image can stand in for the default.
+ARG BASE_IMAGE=python:3.11-slim
+
+# --- dependencies of each extra, installed into a venv that the final stages copy -----------
+FROM ${BASE_IMAGE} AS deps
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /build
+COPY pyproject.toml constraints.txt ./
+# pyproject.toml is the one list of dependencies: read the extras from it (tomllib is stdlib).
+# Behind a TLS-inspecting proxy, pass its CA bundle as the build secret "ca" (optional).
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))" > serve.txt \
+ && python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['optional-dependencies']['train']))" > train.txt \
+ && python3 -m venv /opt/serve \
+ && /opt/serve/bin/pip install -c constraints.txt -r serve.txt \
+ && /opt/serve/bin/pip uninstall -y -q pip setuptools
+
+FROM deps AS train-deps
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && python3 -m venv /opt/train \
+ && /opt/train/bin/pip install -c constraints.txt -r serve.txt -r train.txt
+
+# --- the training image: `docker compose --profile train run trainer` -----------------------
+FROM ${BASE_IMAGE} AS train
+COPY --from=train-deps /opt/train /opt/train
+ENV PATH=/opt/train/bin:$PATH PYTHONUNBUFFERED=1 PYTHONPATH=/app
+WORKDIR /app
+COPY training/ training/
+COPY service/ service/
+ENTRYPOINT ["python3", "-m", "training"]
+CMD ["--repository", "/app/models", "--reports", "/app/reports"]
+
+# --- the serving image ----------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS serve
+# tini is PID 1: it forwards SIGTERM to gunicorn (graceful stop) and reaps zombies.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin serving
+COPY --from=deps /opt/serve /opt/serve
+WORKDIR /app
+COPY service/ service/
+COPY models/ /models/
+ENV PATH=/opt/serve/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONPATH=/app \
+    SERVING_MODEL_REPOSITORY=/models \
+    SERVING_BIND=0.0.0.0:8000
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["gunicorn", "--config", "/app/service/gunicorn.conf.py"]
