@@ -22,8 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_ready() {  # url seconds -> prints the seconds it took, to a tenth
-  local started=$EPOCHREALTIME deadline=$(( SECONDS + $2 ))
+wait_ready() {  # url seconds started -> prints the seconds since started, to a tenth
+  local started=$3 deadline=$(( SECONDS + $2 ))
   until curl -fs -o /dev/null "$1/v2/health/ready"; do
     (( SECONDS < deadline )) || { echo "not ready after $2 s: $1" >&2; return 1; }
     sleep 0.1
@@ -60,10 +60,11 @@ echo "built in ${build_seconds} s, image size $(( size / 1000000 )) MB"
 echo "== compose up"
 API_PORT=$(free_port)
 export API_PORT
+started=$EPOCHREALTIME
 compose up -d --no-build >/dev/null 2>&1
 url="http://127.0.0.1:$API_PORT"
-ready_seconds=$(wait_ready "$url" 60)
-echo "ready in ${ready_seconds} s after start at $url"
+ready_seconds=$(wait_ready "$url" 60 "$started")
+echo "ready ${ready_seconds} s after compose up, at $url"
 container=$(podman ps --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}' | head -1)
 podman healthcheck run "$container" 2>/dev/null && echo "HEALTHCHECK passes"
 
