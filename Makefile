@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PORT ?= 8000
 
-.PHONY: serve test train lint clean container-test
+.PHONY: serve test train lint clean container-test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,7 @@ container-test: $(VENV)/.container-installed
 $(VENV)/.container-installed: $(VENV)/.dev-installed
 	$(PIP) -e ".[serve,train,dev,container]"
 	touch $@
+
+# About three minutes: the service against onnxruntime and a bare Flask baseline (needs wrk).
+bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/run.py

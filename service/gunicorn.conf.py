@@ -1,7 +1,9 @@
 """gunicorn settings for the service: `gunicorn -c service/gunicorn.conf.py "service:create_app()"`.
 
 Each worker loads its own onnxruntime sessions (no preload), one worker per core by default.
-Override with SERVING_WORKERS, SERVING_THREADS, SERVING_BIND, SERVING_TIMEOUT.
+Override with SERVING_WORKERS, SERVING_THREADS, SERVING_WORKER_CLASS, SERVING_BIND, SERVING_TIMEOUT.
+Sync workers are the default: in `make bench`, gthread workers (keep-alive) matched their
+requests/s but had a worse and less stable p99 (see README, Performance).
 """
 
 import os
@@ -13,7 +15,7 @@ from service.access_log import JsonAccessLogger
 bind = os.environ.get("SERVING_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("SERVING_WORKERS", os.cpu_count() or 1))
 threads = int(os.environ.get("SERVING_THREADS", "1"))
-worker_class = "gthread" if threads > 1 else "sync"
+worker_class = os.environ.get("SERVING_WORKER_CLASS", "gthread" if threads > 1 else "sync")
 timeout = int(os.environ.get("SERVING_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("SERVING_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
@@ -39,3 +41,4 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
