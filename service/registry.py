@@ -88,7 +88,9 @@ def load_version(path: Path, name: str, version: int, threads: tuple[int, int]) 
     except (KeyError, TypeError, IndexError) as error:
         raise LoadError(f"card.json lacks or mangles a field ({error!r})") from None
     except Exception as error:  # onnxruntime and NumPy raise many kinds for a broken file
-        raise LoadError(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from None
+        # Clients see this reason: name the file within the repository, not on the disk.
+        message = str(error).replace(str(path), f"{name}/{version}").splitlines()[0][:200]
+        raise LoadError(f"{type(error).__name__}: {message}") from None
     return OnnxModel(name, version, card, session, network, inputs[0].name,
                      [o.name for o in outputs], features)
 
@@ -129,8 +131,24 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """Every model version found is loaded, and there is at least one."""
-        return bool(self.models) and not self.failures and self.repository_error is None
+        """The readiness rule: the repository holds at least one model, and every model in it
+        has a version to serve (its highest loaded one). A broken version beside a healthy
+        older one is refused and reported, but does not make the server unready: the older
+        version keeps serving, as after a failed roll-out of a new version."""
+        return (self.repository_error is None and bool(self.models)
+                and all(name in self.models for name in self.failures))
+
+    def unservable(self) -> list[str]:
+        """The failed versions of models that have no version to serve, with the reasons."""
+        return [f"{name} version {version}: {why}"
+                for name, versions in sorted(self.failures.items()) if name not in self.models
+                for version, why in sorted(versions.items())]
+
+    def refused(self) -> list[str]:
+        """Broken versions of models that still serve an older version."""
+        return [f"{name} version {version}: {why}"
+                for name, versions in sorted(self.failures.items()) if name in self.models
+                for version, why in sorted(versions.items())]
 
     def names(self) -> list[str]:
         return sorted(set(self.models) | set(self.failures))
@@ -142,7 +160,8 @@ class ModelRegistry:
             if loaded:
                 return loaded[max(loaded)]
             if failed:
-                raise ModelNotReady(f"model {name!r} is not ready: no version loaded")
+                reasons = "; ".join(f"version {v}: {why}" for v, why in sorted(failed.items()))
+                raise ModelNotReady(f"model {name!r} is not ready: no version loaded ({reasons})")
             raise ModelNotFound(name)
         number = self.version_number(name, version)
         if number in loaded:

@@ -12,6 +12,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -73,9 +74,18 @@ def wait_until_ready(url: str, process: subprocess.Popen, seconds: float = 60) -
     raise RuntimeError(f"gunicorn did not answer on {url} within {seconds} s")
 
 
+class Server(NamedTuple):
+    url: str
+    process: subprocess.Popen  # the gunicorn master
+
+    def workers(self) -> list[int]:
+        found = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
+        return sorted(int(pid) for pid in found.stdout.split())
+
+
 @contextlib.contextmanager
 def gunicorn(repository: Path = MODELS, workers: int = 2, **environment):
-    """A real gunicorn, with the project's config, on a free loopback port; yields its URL."""
+    """A real gunicorn, with the project's config, on a free loopback port; yields a Server."""
     port = free_port()
     env = {**os.environ, "SERVING_MODEL_REPOSITORY": str(repository), "SERVING_WORKERS": str(workers),
            "SERVING_BIND": f"127.0.0.1:{port}", **environment}
@@ -88,7 +98,7 @@ def gunicorn(repository: Path = MODELS, workers: int = 2, **environment):
         )
         try:
             wait_until_ready(url, process)
-            yield url
+            yield Server(url, process)
         finally:
             process.terminate()
             try:
@@ -104,5 +114,5 @@ def server():
     if os.environ.get("SERVING_TEST_URL"):
         yield os.environ["SERVING_TEST_URL"].rstrip("/")
         return
-    with gunicorn() as url:
-        yield url
+    with gunicorn() as running:
+        yield running.url

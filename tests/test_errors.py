@@ -191,8 +191,8 @@ def test_bad_request_gets_a_clear_json_error(entry, client, limited_app):
 @pytest.fixture(scope="module")
 def limited_server():
     environment = {f"SERVING_{name.upper()}": str(value) for name, value in LIMITS.items()}
-    with gunicorn(workers=1, **environment) as url:
-        yield url
+    with gunicorn(workers=1, **environment) as running:
+        yield running.url
 
 
 def send(base: str, method: str, path: str, body: bytes = b"", headers: dict | None = None):

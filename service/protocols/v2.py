@@ -45,18 +45,16 @@ def live():
 
 @blueprint.get("/v2/health/ready")
 def ready():
+    """200 when every model has a version to serve (see ModelRegistry.ready), else 503."""
     models = registry()
+    answer = {"ready": models.ready}
+    if models.refused():
+        answer["refused_versions"] = models.refused()
     if models.ready:
-        return json_response({"ready": True})
-    return json_response({"ready": False, "error": not_ready_reason(models)}, status=503)
-
-
-def not_ready_reason(models) -> str:
-    if models.repository_error:
-        return models.repository_error
-    broken = [f"{name} version {version}: {reason}"
-              for name, versions in models.failures.items() for version, reason in versions.items()]
-    return "models not loaded: " + "; ".join(broken)
+        return json_response(answer)
+    answer["error"] = models.repository_error or "models with no version to serve: " + "; ".join(
+        models.unservable())
+    return json_response(answer, status=503)
 
 
 def tensor_metadata(tensors: list[dict]) -> list[dict]:
