@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PORT ?= 8000
 
-.PHONY: serve test train lint clean container-test bench soak
+.PHONY: serve test train lint clean container-test bench soak audit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,7 @@ bench: $(VENV)/.dev-installed
 # Two minutes at concurrency 32: no failed request, stable p99, flat memory (needs wrk).
 soak: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.soak
+
+# Known vulnerabilities in the pinned versions (needs pip-audit's vulnerability service).
+audit: $(VENV)/.dev-installed
+	$(BIN)/pip-audit -r constraints.txt --no-deps --disable-pip --progress-spinner off
