@@ -109,7 +109,7 @@ def model_infer(name: str, version: str | None = None):
 
 def split_body(body: bytes) -> tuple[memoryview, memoryview]:
     view = memoryview(body)
-    raw = request.headers.get(HEADER_LENGTH)
+    raw = request.environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH")
     if raw is None:
         return view, view[len(view):]
     if not DIGITS.fullmatch(raw) or not 0 < int(raw) <= len(body):
