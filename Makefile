@@ -28,7 +28,14 @@ train: $(VENV)/.dev-installed
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 
-test: lint
+# checkov pins older packaging and termcolor than the rest: it lives in a venv of its own.
+$(VENV)/checkov/bin/checkov: deploy/checkov-constraints.txt | $(BIN)/python
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install --quiet --disable-pip-version-check \
+		-c deploy/checkov-constraints.txt checkov
+	touch $@
+
+test: lint $(VENV)/checkov/bin/checkov
 	$(BIN)/python -m pytest
 
 clean:

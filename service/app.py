@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Mapping
 
-from flask import Flask, Response
+from flask import Flask, Response, send_from_directory
 
 from service import errors, metrics
 from service.openapi import document as openapi_document
@@ -26,7 +26,7 @@ def build_app(config: Mapping | None = None) -> Flask:
     settings = Settings.load(config)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder="static", static_url_path="/static")  # service/static
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     registry = ModelRegistry(
         settings.model_repository, (settings.intra_op_threads, settings.inter_op_threads)
@@ -39,6 +39,10 @@ def build_app(config: Mapping | None = None) -> Flask:
     app.register_blueprint(v2.blueprint)
     app.register_blueprint(tfserving.blueprint)
     app.wsgi_app = RequestObserver(app.wsgi_app)
+
+    @app.get("/")
+    def page():
+        return send_from_directory(app.static_folder, "index.html")
 
     @app.get("/metrics")
     def prometheus():

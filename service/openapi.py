@@ -130,6 +130,8 @@ def document() -> dict:
                                 params=()),
         "/v2/health/ready": _get("readiness: 200 only when every model version found is loaded",
                                  _json({"type": "object"}, "ready"), "503", params=()),
+        "/": {"get": {"summary": "the demo page (its files are under /static/)", "responses": {"200": {
+            "description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
             "description": "text exposition format",
             "content": {"text/plain": {"schema": {"type": "string"}}}}}}},

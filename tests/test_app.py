@@ -185,7 +185,7 @@ def registered_routes(app) -> set[tuple[str, str]]:
     """(OpenAPI path, method) for every GET and POST rule of the app."""
     routes = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":  # Flask's own static files rule; the app has no static files
+        if rule.endpoint == "static":  # Flask's own static files rule; its files are served by the page route
             continue
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         paths = [f"{VERB_RULES[path]}:{verb}" for verb in VERBS] if path in VERB_RULES else [path]

@@ -1,0 +1,384 @@
+"""The page at GET /, driven in a real Chromium (Debian's /usr/bin/chromium, through Playwright)
+against a real gunicorn: what it shows is what the API answers for the same inputs, and what the
+NumPy forward propagation computes.
+
+Chromium is required: without /usr/bin/chromium these tests fail (CI installs it), they do not skip.
+A screenshot of the page is saved to test-artifacts/page.png.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import urllib.error
+import urllib.request
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from service import forward
+from tests.conftest import MODELS, PARITY, ROOT, gunicorn, latest_version, read_card
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium's own connections are refused on a closed
+# machine, and the page's requests with them.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+SCREENSHOT = ROOT / "test-artifacts" / "page.png"
+SIZE = 8
+ONE = [(row, 4) for row in range(1, 8)]  # a "1": a vertical stroke in column 5, rows 2 to 8
+HIDDEN_UNITS = {"affordability": "shipping_cost", "awareness": "marketing", "perceived quality": "material"}
+
+expect.set_options(timeout=15_000)
+
+
+# What the page shows, computed the way the page computes it (JavaScript's toFixed rounds the
+# exact binary value half up; Decimal(float) is that exact value).
+
+
+def fixed(value: float, digits: int) -> str:
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def shown_percent(p: float) -> str:
+    return f"{fixed(p * 100, 1)}%"
+
+
+def post(url: str, path: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def infer(url: str, model: str, pixels: np.ndarray) -> np.ndarray:
+    status, answer = post(url, f"/v2/models/{model}/infer", {"inputs": [
+        {"name": "pixels", "shape": [1, pixels.size], "datatype": "FP32", "data": pixels.tolist()}]})
+    assert status == 200, answer
+    return np.array(answer["outputs"][0]["data"], dtype=np.float64)
+
+
+def explain(url: str, model: str, row: list[float]) -> dict:
+    status, answer = post(url, f"/v1/models/{model}:explain", {"instances": [row]})
+    assert status == 200, answer
+    return answer["explanations"][0]
+
+
+def one_pixels() -> np.ndarray:
+    pixels = np.zeros(SIZE * SIZE)
+    for row, col in ONE:
+        pixels[row * SIZE + col] = 16
+    return pixels
+
+
+def cell(page: Page, row: int, col: int):
+    return page.get_by_role("button", name=f"Row {row + 1}, column {col + 1}", exact=True)
+
+
+# The browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert CHROMIUM.exists(), (
+        f"{CHROMIUM} is missing: the page tests need Debian's Chromium (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def problems():
+    """Uncaught script errors and console errors of the page (a blocked resource, a 404, ...)."""
+    return []
+
+
+@pytest.fixture()
+def page(browser, problems):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda message: message.type == "error" and problems.append(
+        f"console: {message.text}"))
+    yield page
+    context.close()
+
+
+# The page
+
+
+def test_page_is_served_with_its_files(server):
+    for path, kinds in [("/", ("text/html",)), ("/static/page.css", ("text/css",)),
+                        ("/static/page.js", ("text/javascript", "application/javascript"))]:
+        with urllib.request.urlopen(server + path, timeout=10) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith(kinds), (path, response.headers)
+    with urllib.request.urlopen(server + "/", timeout=10) as response:
+        html = response.read().decode()
+    # nothing from elsewhere: every src and href is on this server
+    assert not re.search(r"""(?:src|href)=["'](?:https?:)?//""", html)
+
+
+def test_controls_are_labelled_and_results_are_announced(page, server, problems):
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(server + "/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("onnx-serving")
+    for name in ["Draw a digit", "Will this T-shirt be a top seller?", "Models"]:
+        expect(page.get_by_role("heading", level=2, name=name)).to_be_visible()
+    expect(page.get_by_role("group", name="Drawing grid, 8 by 8 pixels")).to_be_visible()
+    expect(page.locator("#grid button")).to_have_count(SIZE * SIZE)
+    expect(page.get_by_role("radio", name=re.compile("^digits:"))).to_be_checked()
+    expect(page.get_by_role("radio", name=re.compile("^digits-binary:"))).not_to_be_checked()
+    expect(page.get_by_role("combobox", name="Pen intensity")).to_be_visible()
+    expect(page.get_by_role("button", name="Clear")).to_be_visible()
+    card = read_card(latest_version("demand"))
+    for feature in card["features"]:  # one slider per feature, its range from the card
+        slider = page.get_by_role("slider", name=re.compile(
+            "^" + feature["name"].replace("_", " ") + rf" \({feature['unit']}", re.IGNORECASE))
+        expect(slider).to_have_attribute("min", f"{feature['min']:g}")
+        expect(slider).to_have_attribute("max", f"{feature['max']:g}")
+    controls = page.locator("main button, main input, main select")
+    # the grid's cells, Clear, the two radios, the pen and a slider per feature
+    assert controls.count() == SIZE * SIZE + 1 + 2 + 1 + len(card["features"])
+    for index in range(controls.count()):
+        expect(controls.nth(index)).to_have_accessible_name(re.compile(r"\S"))
+    expect(page.locator("#digit-summary")).to_have_attribute("aria-live", "polite")
+    expect(page.locator("#demand-summary")).to_have_attribute("aria-live", "polite")
+    expect(page.locator("#demand-probability")).to_be_visible()
+    # every request the page made went to this service
+    assert requested and all(url.startswith(server + "/") for url in requested), requested
+    assert problems == []
+
+
+def test_drawn_one_shows_what_the_api_and_the_numpy_forward_propagation_answer(page, server, problems):
+    page.goto(server + "/")
+    for row, col in ONE:
+        cell(page, row, col).click()
+    pixels = one_pixels()
+
+    labels = read_card(latest_version("digits"))["labels"]
+    probabilities = infer(server, "digits", pixels)
+    oracle = forward.Network.load(latest_version("digits")).predict(pixels)
+    assert np.max(np.abs(probabilities - oracle)) <= PARITY
+    best = int(np.argmax(probabilities))
+    assert best == int(np.argmax(oracle))
+    assert labels[best] == "1"  # the stroke is a 1 for the model too
+    expect(page.locator("#digit-label")).to_have_text(labels[best])
+    expect(page.locator("#digit-probability")).to_have_text(shown_percent(probabilities[best]))
+    expect(page.locator("#digit-bars li .label")).to_have_text(labels)
+    expect(page.locator("#digit-bars li .value")).to_have_text([shown_percent(p) for p in probabilities])
+
+    # Every layer of :explain, drawn as the network and listed as numbers.
+    card = read_card(latest_version("digits"))
+    expect(page.locator("#digit-net circle")).to_have_count(sum(layer["units"] for layer in card["layers"]))
+    expect(page.locator("#digit-net rect")).to_have_count(SIZE * SIZE)
+    activations = explain(server, "digits", pixels.tolist())["activations"]
+    rows = page.locator("#digit-numbers p")
+    expect(rows).to_have_count(1 + len(card["layers"]))
+    for number in range(1, len(card["layers"]) + 1):
+        expect(rows.nth(number)).to_contain_text(", ".join(fixed(a, 4) for a in activations[f"a{number}"]))
+
+    # The same grid, sent to digits-binary.
+    page.get_by_role("radio", name=re.compile("^digits-binary:")).check()
+    [p_one] = infer(server, "digits-binary", pixels)
+    [oracle_one] = forward.Network.load(latest_version("digits-binary")).predict(pixels)
+    assert abs(p_one - oracle_one) <= PARITY
+    label, p_label = ("1", p_one) if p_one >= 0.5 else ("0", 1 - p_one)
+    expect(page.locator("#digit-label")).to_have_text(label)
+    expect(page.locator("#digit-probability")).to_have_text(shown_percent(p_label))
+    expect(page.locator("#digit-bars li .value")).to_have_text([shown_percent(1 - p_one),
+                                                                shown_percent(p_one)])
+    binary = read_card(latest_version("digits-binary"))
+    units = sum(layer["units"] for layer in binary["layers"])
+    expect(page.locator("#digit-net circle")).to_have_count(units)
+
+    page.get_by_role("button", name="Clear").click()
+    expect(page.locator("#digit-summary")).to_have_text("Draw a digit to see what the network says.")
+    assert problems == []
+
+
+def demand_values(page: Page, card: dict) -> list[float]:
+    return [float(page.locator(f"#feature-{f['name']}").input_value()) for f in card["features"]]
+
+
+def expect_demand(page: Page, server: str, values: list[float]) -> str:
+    """The page shows the API's answer for these inputs; returns the probability shown."""
+    explanation = explain(server, "demand", values)
+    [p] = explanation["prediction"]
+    [oracle] = forward.Network.load(latest_version("demand")).predict(np.array(values))
+    assert abs(p - oracle) <= PARITY
+    shown = shown_percent(p)
+    expect(page.locator("#demand-probability")).to_have_text(shown)
+    expect(page.locator("#demand-label")).to_have_text(explanation["label"])
+    for unit, a in enumerate(explanation["activations"]["a1"]):
+        expect(page.locator(f'#demand-hidden li[data-unit="{unit}"] .value')).to_have_text(fixed(a, 3))
+    return shown
+
+
+def test_moving_a_demand_slider_shows_the_api_answer_for_the_new_inputs(page, server, problems):
+    card = read_card(latest_version("demand"))
+    page.goto(server + "/")
+    before = expect_demand(page, server, demand_values(page, card))
+
+    marketing = page.get_by_role("slider", name=re.compile("^Marketing"))
+    marketing.focus()
+    marketing.press("End")
+    expect(marketing).to_have_value(f"{card['features'][2]['max']:g}")
+    values = demand_values(page, card)
+    after = expect_demand(page, server, values)
+    assert after != before
+
+    # The hidden units carry the lesson's names; each is the unit its feature weighs most on, and
+    # a unit that falls as its feature rises is marked inverted.
+    with np.load(latest_version("demand") / "weights.npz") as weights:
+        W1 = weights["W1"]
+    names = [f["name"] for f in card["features"]]
+    for concept, feature in HIDDEN_UNITS.items():
+        weights_in = W1[names.index(feature)]
+        unit = int(np.argmax(np.abs(weights_in)))
+        inverted = (weights_in[unit] < 0) != (concept == "affordability")
+        item = page.locator(f'#demand-hidden li[data-unit="{unit}"] .name')
+        expect(item).to_have_text(concept.capitalize() + (" (inverted)" if inverted else ""))
+    assert problems == []
+
+
+def test_an_error_answer_is_shown(page, server):
+    """The requests of both panels go to a model the server does not have: the page shows its 404s."""
+    def elsewhere(route):
+        route.continue_(url=re.sub(r"/models/(digits|demand)([/:])", r"/models/no-such-model\2",
+                                   route.request.url))
+
+    page.route("**/v2/models/digits/infer", elsewhere)
+    page.route("**/v1/models/demand:explain", elsewhere)
+    page.goto(server + "/")
+    status, answer = post(server, "/v1/models/no-such-model:explain", {"instances": [[1, 2, 3, 4]]})
+    assert status == 404
+    expect(page.locator("#demand-error")).to_be_visible()
+    expect(page.locator("#demand-error")).to_contain_text(answer["error"])
+
+    cell(page, 3, 3).click()
+    pixels = np.zeros(SIZE * SIZE)
+    pixels[3 * SIZE + 3] = 16
+    status, answer = post(server, "/v2/models/no-such-model/infer", {"inputs": [
+        {"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": pixels.tolist()}]})
+    assert status == 404
+    alert = page.get_by_role("alert").filter(has_text="POST /v2/models/digits/infer").filter(
+        has_text=answer["error"])
+    expect(alert).to_be_visible()
+    expect(alert).to_contain_text("404")
+    expect(page.locator("#digit-summary")).to_contain_text("No prediction")
+
+    page.unroute("**/v2/models/digits/infer")  # the service answers again: the error goes away
+    cell(page, 4, 3).click()
+    expect(page.locator("#draw-error")).to_be_hidden()
+    expect(page.locator("#digit-probability")).to_be_visible()
+
+
+def test_models_missing_from_the_repository_are_shown_unavailable(browser, tmp_path):
+    shutil.copytree(MODELS / "demand", tmp_path / "demand")
+    with gunicorn(tmp_path, workers=1) as only_demand:
+        page = browser.new_page()
+        try:
+            page.goto(only_demand.url + "/")
+            with urllib.request.urlopen(only_demand.url + "/v2/models/demand", timeout=10) as response:
+                demand = json.loads(response.read())
+            card = page.locator('.card[data-model="demand"]')
+            expect(card).to_contain_text(f"version {demand['parameters']['version']}")
+            for key, value in demand["parameters"]["metrics"].items():
+                expect(card).to_contain_text(f"{key.replace('_', ' ')} {value:.4f}")
+            expect(card).to_contain_text("features · FP32 · [-1,\u00a04]")
+            for name in ("digits", "digits-binary"):
+                try:
+                    urllib.request.urlopen(f"{only_demand.url}/v2/models/{name}", timeout=10)
+                    raise AssertionError(f"{name} should not be served")
+                except urllib.error.HTTPError as error:
+                    assert error.code == 404
+                    message = json.loads(error.read())["error"]
+                missing = page.locator(f'.card[data-model="{name}"]')
+                expect(missing).to_contain_text("unavailable")
+                expect(missing).to_contain_text(message)
+            # the drawing panel says why it cannot predict
+            expect(page.locator("#draw-error")).to_contain_text("model 'digits' not found")
+            # and demand still works
+            expect(page.locator("#demand-probability")).to_have_text(re.compile(r"^\d+\.\d%$"))
+        finally:
+            page.close()
+
+
+def centre(page: Page, row: int, col: int) -> tuple[float, float]:
+    box = page.locator(f'#grid [data-index="{row * SIZE + col}"]').bounding_box()
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
+def test_dragging_draws_with_the_mouse_and_on_a_touch_screen(browser, page, server, problems):
+    expected = shown_percent(infer(server, "digits", one_pixels()).max())
+    page.goto(server + "/")
+    page.mouse.move(*centre(page, *ONE[0]))
+    page.mouse.down()
+    for row, col in ONE[1:]:
+        page.mouse.move(*centre(page, row, col), steps=3)
+    page.mouse.up()
+    expect(page.locator('#grid [aria-pressed="true"]')).to_have_count(len(ONE))
+    expect(page.locator("#digit-probability")).to_have_text(expected)
+    assert problems == []
+
+    # A finger: touch events through the DevTools protocol, as a touch screen sends them.
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    try:
+        phone = context.new_page()
+        phone.goto(server + "/")
+        touch = context.new_cdp_session(phone)
+        x, y = centre(phone, *ONE[0])
+        touch.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+        for row, col in ONE[1:]:
+            x, y = centre(phone, row, col)
+            touch.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+        touch.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        expect(phone.locator('#grid [aria-pressed="true"]')).to_have_count(len(ONE))
+        expect(phone.locator("#digit-probability")).to_have_text(expected)
+    finally:
+        context.close()
+
+
+def test_keyboard_drawing_and_sliders_and_the_screenshot(page, server, problems):
+    """Everything by keyboard: the roving focus of the grid, Space and Enter, a slider's arrows."""
+    page.goto(server + "/")
+    cell(page, 0, 0).focus()
+    for key in ["ArrowRight"] * 4 + ["ArrowDown"]:
+        page.keyboard.press(key)
+    expect(page.locator(f'#grid [data-index="{1 * SIZE + 4}"]')).to_be_focused()
+    page.keyboard.press("Space")
+    for _ in ONE[1:]:
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("Enter")
+    expect(page.locator('#grid [aria-pressed="true"]')).to_have_count(len(ONE))
+    probabilities = infer(server, "digits", one_pixels())
+    expect(page.locator("#digit-probability")).to_have_text(shown_percent(probabilities.max()))
+    # Space again erases
+    page.keyboard.press("Space")
+    expect(page.locator('#grid [aria-pressed="true"]')).to_have_count(len(ONE) - 1)
+    page.keyboard.press("Enter")
+
+    card = read_card(latest_version("demand"))
+    price = page.get_by_role("slider", name=re.compile("^Price"))
+    price.focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowLeft")
+    expect(price).to_have_value("22.5")
+    expect_demand(page, server, demand_values(page, card))
+    expect(page.locator("#digit-probability")).to_have_text(shown_percent(probabilities.max()))
+
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 10_000
+    assert problems == []
