@@ -231,13 +231,13 @@ def plot(results: dict, path: Path) -> None:
     service = [r["service"]["requests_per_s"] * r["rows"] for r in rows]
     baseline = [r["baseline_figures"]["requests_per_s"] * r["rows"] if r.get("baseline_figures") else 0
                 for r in rows]
-    figure, axis = plt.subplots(figsize=(13, 4.5))
+    figure, axis = plt.subplots(figsize=(13, 5))
     positions = np.arange(len(rows))
     axis.bar(positions - 0.2, service, 0.4, label="service")
     axis.bar(positions + 0.2, baseline, 0.4, label="baseline (bare Flask, v2 JSON)")
     axis.set_yscale("log")
     axis.set_ylabel("rows per second (log)")
-    axis.set_xticks(positions, labels, fontsize=7)
+    axis.set_xticks(positions, labels, fontsize=7, rotation=35, ha="right")
     axis.legend()
     axis.set_title("digits model, 2 gunicorn workers, wrk on the same 2 cores")
     figure.tight_layout()
