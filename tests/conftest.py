@@ -87,9 +87,9 @@ class Server(NamedTuple):
 def gunicorn(repository: Path = MODELS, workers: int = 2, **environment):
     """A real gunicorn, with the project's config, on a free loopback port; yields a Server."""
     port = free_port()
-    env = {**os.environ, "SERVING_MODEL_REPOSITORY": str(repository), "SERVING_WORKERS": str(workers),
-           "SERVING_BIND": f"127.0.0.1:{port}", **environment}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update({"SERVING_MODEL_REPOSITORY": str(repository), "SERVING_WORKERS": str(workers),
+                "SERVING_BIND": f"127.0.0.1:{port}", **environment})
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(

@@ -244,3 +244,30 @@ def test_hot_reload_under_load_fails_no_request(tmp_path):
           f"versions served {sorted(load.versions)}")
     assert load.failures == []
     assert load.versions == {"1", "2"} and last == "2"  # the broken version 3 was refused
+
+
+def scrape(url: str, name: str, **labels) -> float:
+    """A sample's value from a real server's /metrics (0 when absent)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    wanted = sorted(f'{key}="{value}"' for key, value in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and sorted(line[len(name) + 1:line.index("}")].split(",")) == wanted:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_add_up_across_workers(tmp_path):
+    """prometheus_client's multiprocess mode: /metrics counts every worker's requests."""
+    labels = {"model": "demand", "version": "1", "protocol": "v2", "status": "200"}
+    samples = tmp_path / "metrics"
+    with gunicorn(copy_repository(tmp_path), workers=2, PROMETHEUS_MULTIPROC_DIR=str(samples)) as server:
+        with Load(server.url) as load:
+            wait_for(lambda: load.ok >= 300)
+        counted = scrape(server.url, "serving_requests_total", **labels)
+        rows = scrape(server.url, "serving_batch_size_rows_count", model="demand")
+        writers = {path.stem.rsplit("_", 1)[1] for path in samples.glob("counter_*.db")}
+    assert load.failures == []
+    assert len(writers) == 2  # both workers answered requests and wrote their own samples
+    assert counted == load.ok and rows == load.ok
