@@ -1,8 +1,9 @@
 """make soak: two minutes of single-row v2 JSON at concurrency 32 on loopback, in 10-second windows.
 
-Passes when no request failed, the p99 of the last minute is within 1.5x that of the first
-(the machine is shared, so a little drift is noise), and the workers' resident memory grew by
-less than 10 %. Prints every window and the verdict; exits non-zero on failure.
+Passes when no request failed, the median p99 of the last minute's windows is within 2x that
+of the first minute's (a leak or a slowdown grows steadily; the machine is shared, so some
+drift is noise), and the workers' resident memory grew by less than 10 %. Prints every window
+and the verdict; exits non-zero on failure.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from bench.run import body_file, gunicorn, warm_up, worker_memory, wrk
 
-P99_DRIFT = 1.5
+P99_DRIFT = 2.0
 MEMORY_GROWTH_PERCENT = 10.0
 
 
