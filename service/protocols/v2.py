@@ -101,7 +101,7 @@ def model_infer(name: str, version: str | None = None):
     body = request.get_data(cache=False)
     header, binary = split_body(body)
     document = parse_json(header)
-    x = decode_input(document, model, binary, may_hold_booleans(header))
+    x = decode_input(document, model, binary, may_hold_booleans(body))
     wanted = requested_outputs(document, model)
     results = infer(model, x)
     return encode_response(document, model, results, wanted)
