@@ -11,10 +11,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
+
+from service import forward
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -32,6 +36,56 @@ def latest_version(name: str, repository: Path = MODELS) -> Path:
 
 def read_card(model_dir: Path) -> dict:
     return json.loads((model_dir / "card.json").read_text())
+
+
+@dataclass(frozen=True)
+class Case:
+    """A model's NumPy network, the first rows of its test split, and the network's answer."""
+
+    network: forward.Network
+    x: np.ndarray
+    expected: np.ndarray
+
+    @property
+    def card(self) -> dict:
+        return self.network.card
+
+    @property
+    def input_name(self) -> str:
+        return self.card["inputs"][0]["name"]
+
+    @property
+    def output_name(self) -> str:
+        return self.card["outputs"][0]["name"]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [feature["name"] for feature in self.card["features"]]
+
+    def tensor(self, data, datatype: str = "FP32") -> dict:
+        """A v2 input tensor of these rows."""
+        return {"name": self.input_name, "shape": list(self.x.shape), "datatype": datatype, "data": data}
+
+    def labels(self) -> tuple[list[str], np.ndarray]:
+        """Each row's class label by the oracle, and the oracle's probability of that class."""
+        p = self.expected
+        if self.card["task"] == "binary":
+            positive = p[:, 0] >= 0.5
+            return [self.card["labels"][int(k)] for k in positive], np.where(positive, p[:, 0], 1 - p[:, 0])
+        best = np.argmax(p, axis=1)
+        return [self.card["labels"][k] for k in best], p[np.arange(len(p)), best]
+
+
+@pytest.fixture(scope="session")
+def cases() -> dict[str, Case]:
+    """Every model with the first 12 rows of its test split."""
+    from training import data
+
+    result = {}
+    for name in MODEL_NAMES:
+        network, x = forward.Network.load(latest_version(name)), data.load(name).test.x[:12]
+        result[name] = Case(network, x, network.predict(x))
+    return result
 
 
 @pytest.fixture(scope="session")

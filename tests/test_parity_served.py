@@ -19,7 +19,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 @pytest.fixture(scope="module")
-def cases():
+def splits():
     """name -> (card, test inputs, the oracle's outputs)."""
     from training import data
 
@@ -39,8 +39,8 @@ def post(url: str, body: bytes, headers: dict | None = None) -> tuple[dict, byte
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_v2_json(server, cases, name):
-    card, x, expected = cases[name]
+def test_v2_json(server, splits, name):
+    card, x, expected = splits[name]
     (tensor,), (output,) = card["inputs"], card["outputs"]
     body = json.dumps({"id": f"parity-{name}", "inputs": [
         {"name": tensor["name"], "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}]})
@@ -54,8 +54,8 @@ def test_v2_json(server, cases, name):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_v2_binary(server, cases, name):
-    card, x, expected = cases[name]
+def test_v2_binary(server, splits, name):
+    card, x, expected = splits[name]
     blob = x.astype("<f4").tobytes()
     header = json.dumps({
         "inputs": [{"name": card["inputs"][0]["name"], "shape": list(x.shape), "datatype": "FP32",
@@ -72,8 +72,8 @@ def test_v2_binary(server, cases, name):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_tfserving_predict(server, cases, name):
-    card, x, expected = cases[name]
+def test_tfserving_predict(server, splits, name):
+    card, x, expected = splits[name]
     _, reply = post(f"{server}/v1/models/{name}:predict", json.dumps({"instances": x.tolist()}).encode())
     predictions = json.loads(reply)["predictions"]
     served = np.array([p[card["outputs"][0]["name"]] for p in predictions])
@@ -82,10 +82,10 @@ def test_tfserving_predict(server, cases, name):
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_tritonclient(server, cases, name, binary):
+def test_tritonclient(server, splits, name, binary):
     import tritonclient.http as triton
 
-    card, x, expected = cases[name]
+    card, x, expected = splits[name]
     client = triton.InferenceServerClient(url=urlparse(server).netloc)
     try:
         assert client.is_server_live() and client.is_server_ready()

@@ -8,60 +8,11 @@ probability, or for a binary model "labels[1] when p >= 0.5".
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from service import forward
-from tests.conftest import MODEL_NAMES, PARITY, latest_version
-
-ROWS = 12
-
-
-@dataclass(frozen=True)
-class Case:
-    """A model's NumPy network, the first rows of its test split, and the network's answer."""
-
-    network: forward.Network
-    x: np.ndarray
-    expected: np.ndarray
-
-    @property
-    def card(self) -> dict:
-        return self.network.card
-
-    @property
-    def input_name(self) -> str:
-        return self.card["inputs"][0]["name"]
-
-    @property
-    def output_name(self) -> str:
-        return self.card["outputs"][0]["name"]
-
-    @property
-    def feature_names(self) -> list[str]:
-        return [feature["name"] for feature in self.card["features"]]
-
-    def labels(self) -> tuple[list[str], np.ndarray]:
-        """Each row's class label by the oracle, and the oracle's probability of that class."""
-        p = self.expected
-        if self.card["task"] == "binary":
-            positive = p[:, 0] >= 0.5
-            return [self.card["labels"][int(k)] for k in positive], np.where(positive, p[:, 0], 1 - p[:, 0])
-        best = np.argmax(p, axis=1)
-        return [self.card["labels"][k] for k in best], p[np.arange(len(p)), best]
-
-
-@pytest.fixture(scope="module")
-def cases() -> dict[str, Case]:
-    from training import data
-
-    result = {}
-    for name in MODEL_NAMES:
-        network, x = forward.Network.load(latest_version(name)), data.load(name).test.x[:ROWS]
-        result[name] = Case(network, x, network.predict(x))
-    return result
+from tests.conftest import MODEL_NAMES, PARITY, Case
 
 
 def call(client, name: str, body: dict, verb: str = "predict", prefix: str = "") -> dict:

@@ -7,48 +7,14 @@ a slice of the model's test split; nothing is copied from the service's own answ
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from service import forward
-from tests.conftest import MODEL_NAMES, PARITY, latest_version, read_card
+from tests.conftest import MODEL_NAMES, PARITY, Case, latest_version, read_card
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-ROWS = 12
 DIGIT_MODELS = ("digits", "digits-binary")
-
-
-@dataclass(frozen=True)
-class Case:
-    """A model's card, the first rows of its test split, and the NumPy oracle's answer for them."""
-
-    card: dict
-    x: np.ndarray
-    expected: np.ndarray
-
-    @property
-    def input_name(self) -> str:
-        return self.card["inputs"][0]["name"]
-
-    @property
-    def output_name(self) -> str:
-        return self.card["outputs"][0]["name"]
-
-    def tensor(self, data, datatype: str = "FP32") -> dict:
-        return {"name": self.input_name, "shape": list(self.x.shape), "datatype": datatype, "data": data}
-
-
-@pytest.fixture(scope="module")
-def cases() -> dict[str, Case]:
-    from training import data
-
-    result = {}
-    for name in MODEL_NAMES:
-        model_dir, x = latest_version(name), data.load(name).test.x[:ROWS]
-        result[name] = Case(read_card(model_dir), x, forward.Network.load(model_dir).predict(x))
-    return result
 
 
 def infer(client, name: str, body: dict, prefix: str = "") -> dict:
