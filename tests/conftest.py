@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service import forward
 
@@ -36,6 +37,16 @@ def latest_version(name: str, repository: Path = MODELS) -> Path:
 
 def read_card(model_dir: Path) -> dict:
     return json.loads((model_dir / "card.json").read_text())
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`; 0 when there are none."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
-from prometheus_client.parser import text_string_to_metric_families
 
 from service import create_app, forward
 from service.settings import Settings
-from tests.conftest import MODELS, PARITY, latest_version
+from tests.conftest import MODELS, PARITY, latest_version, metric_value
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 # Flask's rules for TF Serving's `name:verb` paths, and the paths they stand for.
@@ -53,15 +52,9 @@ def client_for(repository) -> FlaskClient:
 
 
 def metric(client, name: str, **labels: str) -> float:
-    """The sum of the samples called `name` whose labels include `labels`; 0 when there are none."""
     response = client.get("/metrics")
     assert response.status_code == 200
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(response.get_data(as_text=True))
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
+    return metric_value(response.get_data(as_text=True), name, **labels)
 
 
 # The app factory and its settings

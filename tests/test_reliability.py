@@ -13,6 +13,7 @@ import shutil
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from service import create_app, forward
-from tests.conftest import MODELS, gunicorn, latest_version
+from tests.conftest import MODELS, gunicorn, latest_version, metric_value
 
 DEMAND = np.array([[19.99, 4.5, 2000.0, 7.0]], dtype=np.float32)
 EXPECTED = forward.Network.load(latest_version("demand")).predict(DEMAND)[0, 0]
@@ -69,13 +70,7 @@ FAULTS = {
 
 
 def metric(client, name: str, **labels) -> float:
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in client.get("/metrics").get_data(as_text=True).splitlines():
-        if line.startswith(f"{name}{{") and line.split("}")[0].count("=") == len(labels):
-            given = ",".join(sorted(line[len(name) + 1:line.index("}")].split(",")))
-            if given == wanted:
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric_value(client.get("/metrics").get_data(as_text=True), name, **labels)
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -248,14 +243,8 @@ def test_hot_reload_under_load_fails_no_request(tmp_path):
 
 def scrape(url: str, name: str, **labels) -> float:
     """A sample's value from a real server's /metrics (0 when absent)."""
-    import urllib.request
-
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-    wanted = sorted(f'{key}="{value}"' for key, value in labels.items())
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{") and sorted(line[len(name) + 1:line.index("}")].split(",")) == wanted:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        return metric_value(response.read().decode(), name, **labels)
 
 
 def test_metrics_add_up_across_workers(tmp_path):
