@@ -91,10 +91,10 @@ def preprocess(preprocessing: Mapping, x: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown preprocessing type {kind!r}")
 
 
-def layers_from(card: Mapping, weights: Mapping[str, np.ndarray]) -> list[Layer]:
-    """Pair the card's layer table with W1, b1, W2, b2, ... from weights.npz."""
+def layers_from(forward: Mapping, weights: Mapping[str, np.ndarray]) -> list[Layer]:
+    """Pair the layer table of a card's forward section with W1, b1, W2, b2, ... from weights.npz."""
     layers = []
-    for number, spec in enumerate(card["layers"], start=1):
+    for number, spec in enumerate(forward["layers"], start=1):
         W, b = np.asarray(weights[f"W{number}"]), np.asarray(weights[f"b{number}"])
         if W.shape != (W.shape[0], spec["units"]) or b.shape != (spec["units"],):
             raise ValueError(
@@ -138,7 +138,8 @@ def sequential(
 
 @dataclass(frozen=True)
 class Network:
-    """A model directory's card and weights, ready for `sequential`."""
+    """A model directory's card and weights, ready for `sequential`: the card's `forward` section
+    names the preprocessing and the layer table, weights.npz holds W1, b1, W2, b2, ..."""
 
     card: Mapping
     layers: list[Layer]
@@ -148,13 +149,19 @@ class Network:
         model_dir = Path(model_dir)
         if card is None:
             card = json.loads((model_dir / "card.json").read_text())
+        if "forward" not in card:
+            raise ValueError(f"the card of {card.get('name')!r} has no forward section")
         # allow_pickle=False: a weights file is data, never code.
         with np.load(model_dir / "weights.npz", allow_pickle=False) as weights:
-            return cls(card, layers_from(card, weights))
+            return cls(card, layers_from(card["forward"], weights))
+
+    @property
+    def forward(self) -> Mapping:
+        return self.card["forward"]
 
     def activations(self, x, *, vectorised: bool = True, dtype: type = np.float64):
         return sequential(
-            x, self.layers, self.card.get("preprocessing"), vectorised=vectorised, dtype=dtype
+            x, self.layers, self.forward.get("preprocessing"), vectorised=vectorised, dtype=dtype
         )
 
     def predict(self, x, **kwargs) -> np.ndarray:

@@ -34,7 +34,7 @@ def run(spec: dict, repository: Path, version: int | None = None,
     parity = export.check(graph, spec, model, dataset)
     path = export.write_version(
         repository, spec, dataset, graph, preprocessing, fit.dense_weights(spec, model),
-        metrics, version,
+        metrics, parity, version,
     )
     if reports is not None:
         from training import plots
