@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from flask import Flask, Response, send_from_directory
 
 from service import errors, metrics
+from service.dataplane import DataPlane
 from service.openapi import document as openapi_document
 from service.protocols import tfserving, v2
 from service.protocols.common import METRIC_LABELS, json_response
@@ -33,7 +34,7 @@ def build_app(config: Mapping | None = None) -> Flask:
     ).load()
     metrics.record_registry(registry)
     app.extensions["settings"] = settings
-    app.extensions["model_registry"] = registry
+    app.extensions["data_plane"] = DataPlane(registry, settings)
 
     errors.register(app)
     app.register_blueprint(v2.blueprint)

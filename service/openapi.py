@@ -95,15 +95,15 @@ SCHEMAS = {
         "description": "exactly one of instances (rows) or inputs (columns)",
         "properties": {
             "signature_name": {"type": "string"},
-            "instances": {"type": "array", "minItems": 1, "items": {
-                "oneOf": [{"type": "array", "items": {"type": "number"}},
-                          {"type": "object", "additionalProperties": {}}]}},
+            "instances": {"type": "array", "minItems": 1, "description": "rows: the model's one "
+                          "input per row, or an object keyed by input (or feature) name"},
             "inputs": {"oneOf": [{"type": "array"}, {"type": "object"}]},
         },
     },
     "PredictResponse": {"type": "object", "properties": {
-        "predictions": {"type": "array", "items": {"type": "object"}},
-        "outputs": {"type": "object"}}},
+        "predictions": {"type": "array", "description": "one entry per row: the output's values, or "
+                        "an object keyed by output name (with labels where the card has them)"},
+        "outputs": {"description": "the output's values, or an object keyed by output name"}}},
     "ExplainResponse": {"type": "object", "properties": {
         "model_name": {"type": "string"}, "model_version": {"type": "string"},
         "layers": {"type": "array", "items": {"type": "object"}},
@@ -135,6 +135,12 @@ def document() -> dict:
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
             "description": "text exposition format",
             "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/v2/repository/index": {"post": {
+            "summary": "every model version in the repository and its state (READY or UNAVAILABLE)",
+            "responses": {"200": _json({"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]},
+                "reason": {"type": "string"}}}}, "the index")}}},
         "/openapi.json": {"get": {"summary": "this document", "responses": {
             "200": _json({"type": "object"}, "OpenAPI 3 document")}}},
     }

@@ -1,9 +1,9 @@
 """The model repository, loaded: one onnxruntime session per model version per worker.
 
-Layout: <repository>/<name>/<version>/{model.onnx, weights.npz, card.json}; versions are
-positive integers and the highest loaded one is the default. A version that fails to load
-(bad card, sha256 mismatch, unreadable graph, ...) is recorded with its reason and not served;
-the others are unaffected.
+Layout: <repository>/<name>/<version>/{model.onnx, card.json, and weights.npz when the card has
+a forward section}; versions are positive integers and the highest loaded one is the default. A
+version that fails to load (bad card, sha256 mismatch, unreadable graph, a signature that differs
+from the card's, ...) is recorded with its reason and not served; the others are unaffected.
 """
 
 from __future__ import annotations
@@ -12,19 +12,21 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 
+from service.card import CardError, ModelCard, TensorSpec
 from service.errors import ModelNotFound, ModelNotReady
 from service.forward import Network
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-VERSION = re.compile(r"^[1-9][0-9]{0,8}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+VERSION = re.compile(r"[1-9][0-9]{0,8}")
 
 
 class LoadError(Exception):
@@ -32,57 +34,87 @@ class LoadError(Exception):
 
 
 @dataclass
-class OnnxModel:
-    name: str
-    version: int
-    card: dict
+class LoadedModel:
+    card: ModelCard
     session: onnxruntime.InferenceSession
-    network: Network  # the NumPy forward propagation of the same weights, for explain
-    input_name: str
-    output_names: list[str]
-    features: int
+    network: Network | None  # the NumPy forward propagation, when the card has one (explain)
 
-    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """x: float32 (rows, features). Returns every output by name."""
-        values = self.session.run(self.output_names, {self.input_name: x})
-        return dict(zip(self.output_names, values, strict=True))
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def version(self) -> int:
+        return self.card.version
+
+    def infer(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Inputs already checked against the card; returns the outputs asked for, by name."""
+        values = self.session.run(list(outputs), inputs)
+        return dict(zip(outputs, values, strict=True))
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_version(path: Path, name: str, version: int, threads: tuple[int, int]) -> OnnxModel:
+# onnxruntime's names for the tensor types the card can declare.
+ONNX_TYPES = {
+    "BOOL": "tensor(bool)", "UINT8": "tensor(uint8)", "UINT16": "tensor(uint16)",
+    "UINT32": "tensor(uint32)", "UINT64": "tensor(uint64)", "INT8": "tensor(int8)",
+    "INT16": "tensor(int16)", "INT32": "tensor(int32)", "INT64": "tensor(int64)",
+    "FP16": "tensor(float16)", "FP32": "tensor(float)", "FP64": "tensor(double)",
+}
+
+
+def _check_signature(kind: str, declared: tuple[TensorSpec, ...], graph: list) -> None:
+    """The card's tensors must be the graph's, by name, datatype and rank, fixed sizes agreeing."""
+    if [spec.name for spec in declared] != [node.name for node in graph]:
+        raise LoadError(f"model.onnx {kind} {[node.name for node in graph]} do not match card.json")
+    for spec, node in zip(declared, graph, strict=True):
+        if ONNX_TYPES[spec.datatype] != node.type:
+            raise LoadError(f"{kind[:-1]} {spec.name!r} is {node.type} in model.onnx, "
+                            f"{spec.datatype} in card.json")
+        if node.shape is not None and len(node.shape) != len(spec.shape):
+            raise LoadError(f"{kind[:-1]} {spec.name!r} has rank {len(node.shape)} in model.onnx, "
+                            f"{len(spec.shape)} in card.json")
+        fixed = [(mine, theirs) for mine, theirs in zip(spec.shape, node.shape or (), strict=False)
+                 if isinstance(theirs, int) and mine != -1]
+        if any(mine != theirs for mine, theirs in fixed):
+            raise LoadError(f"{kind[:-1]} {spec.name!r} has shape {node.shape} in model.onnx, "
+                            f"{list(spec.shape)} in card.json")
+
+
+def load_version(path: Path, name: str, version: int, threads: tuple[int, int]) -> LoadedModel:
     try:
-        card = json.loads((path / "card.json").read_text())
+        document = json.loads((path / "card.json").read_text())
     except FileNotFoundError:
         raise LoadError("card.json is missing") from None
     except (OSError, ValueError) as error:
         raise LoadError(f"card.json is not valid JSON ({error})") from None
     try:
-        if card["name"] != name or card["version"] != version:
-            raise LoadError(f"card.json names {card['name']!r} version {card['version']}, "
-                            f"but lies in {name}/{version}")
-        for filename in ("model.onnx", "weights.npz"):
+        card = ModelCard.parse(document)
+    except CardError as error:
+        raise LoadError(f"card.json: {error}") from None
+    if card.name != name or card.version != version:
+        raise LoadError(f"card.json names {card.name!r} version {card.version}, "
+                        f"but lies in {name}/{version}")
+    try:
+        for filename, digest in card.files.items():
+            if "/" in filename or filename.startswith("."):
+                raise LoadError(f"card.json lists a file outside the version folder: {filename!r}")
             if not (path / filename).is_file():
                 raise LoadError(f"{filename} is missing")
-            if _sha256(path / filename) != card["files"][filename]["sha256"]:
+            if _sha256(path / filename) != digest:
                 raise LoadError(f"{filename} does not match the sha256 in card.json")
-        network = Network.load(path, card)
+        network = Network.load(path, document) if card.forward is not None else None
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads
         options.log_severity_level = 3
         session = onnxruntime.InferenceSession(
             str(path / "model.onnx"), options, providers=["CPUExecutionProvider"]
         )
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        if [i.name for i in inputs] != [t["name"] for t in card["inputs"]] or len(inputs) != 1:
-            raise LoadError("model.onnx inputs do not match card.json")
-        if [o.name for o in outputs] != [t["name"] for t in card["outputs"]]:
-            raise LoadError("model.onnx outputs do not match card.json")
-        features = card["inputs"][0]["shape"][1]
-        if inputs[0].shape[1] != features or len(card["features"]) != features:
-            raise LoadError("model.onnx input width does not match card.json")
+        _check_signature("inputs", card.inputs, session.get_inputs())
+        _check_signature("outputs", card.outputs, session.get_outputs())
     except LoadError:
         raise
     except (KeyError, TypeError, IndexError) as error:
@@ -91,15 +123,14 @@ def load_version(path: Path, name: str, version: int, threads: tuple[int, int]) 
         # Clients see this reason: name the file within the repository, not on the disk.
         message = str(error).replace(str(path), f"{name}/{version}").splitlines()[0][:200]
         raise LoadError(f"{type(error).__name__}: {message}") from None
-    return OnnxModel(name, version, card, session, network, inputs[0].name,
-                     [o.name for o in outputs], features)
+    return LoadedModel(card, session, network)
 
 
 @dataclass
 class ModelRegistry:
     repository: Path
     threads: tuple[int, int] = (1, 1)
-    models: dict[str, dict[int, OnnxModel]] = field(default_factory=dict)
+    models: dict[str, dict[int, LoadedModel]] = field(default_factory=dict)
     failures: dict[str, dict[int, str]] = field(default_factory=dict)
     repository_error: str | None = None
 
@@ -109,10 +140,10 @@ class ModelRegistry:
             log.error(self.repository_error)
             return self
         for model_dir in sorted(self.repository.iterdir()):
-            if not model_dir.is_dir() or not NAME.match(model_dir.name):
+            if not model_dir.is_dir() or not NAME.fullmatch(model_dir.name):
                 continue
             for version_dir in sorted(model_dir.iterdir()):
-                if version_dir.is_dir() and VERSION.match(version_dir.name):
+                if version_dir.is_dir() and VERSION.fullmatch(version_dir.name):
                     self._load_one(model_dir.name, int(version_dir.name), version_dir)
         if not self.models and not self.failures:
             self.repository_error = f"model repository {self.repository} holds no models"
@@ -153,7 +184,7 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(set(self.models) | set(self.failures))
 
-    def get(self, name: str, version: str | int | None = None) -> OnnxModel:
+    def get(self, name: str, version: str | int | None = None) -> LoadedModel:
         """The requested version, or the highest loaded one; 404 or 503 otherwise."""
         loaded, failed = self.models.get(name, {}), self.failures.get(name, {})
         if version is None:
@@ -182,6 +213,6 @@ class ModelRegistry:
     def version_number(name: str, version: str | int) -> int:
         """A version from a URL: a positive integer, or 404 (never a path, never a negative)."""
         text = str(version)
-        if not VERSION.match(text):
+        if not VERSION.fullmatch(text):
             raise ModelNotFound(name, repr(text))
         return int(text)

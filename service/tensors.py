@@ -1,10 +1,14 @@
-"""Request tensors to float32 NumPy arrays, checked; shared by both protocols.
+"""Tensors from the wire, checked: JSON numbers or raw bytes to NumPy, then to the model's datatype.
 
-Conversion rule: every model takes FP32. FP32, FP16 and FP64 data are rounded to the
-nearest float32; INT8..INT64 and UINT8..UINT64 data must be whole numbers within their
-type's range and are converted to float32 (exact below 2**24). A value that is not finite
-after conversion (NaN, infinity, or beyond float32's range) is refused. BOOL and BYTES are
-refused: no model here takes them.
+Decoding (`from_json`, `from_bytes`, `numbers`) turns what a client sent into an array of the
+datatype it declared (or, for TF Serving, of the kind JSON gives: integer, float or boolean).
+`conform` then converts that array to the datatype of the model's input:
+- floating inputs (FP16, FP32, FP64) take any numbers, rounded to the nearest value; a value
+  that is not finite afterwards (NaN, infinity, beyond the type's range) is refused;
+- integer inputs take whole numbers within the type's range (and the card's `range`, when
+  it has one);
+- BOOL inputs take booleans only, and numeric inputs never take booleans.
+BYTES is refused: no input the service serves takes strings.
 """
 
 from __future__ import annotations
@@ -14,30 +18,31 @@ import warnings
 
 import numpy as np
 
-from service.errors import BadRequest, PayloadTooLarge
+from service.card import DATATYPES, TensorSpec
+from service.errors import BadRequest
 
-NUMERIC = {
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-}
-KNOWN = (*NUMERIC, "BOOL", "BYTES")
+KNOWN = (*DATATYPES, "BYTES")
+MAX_RANK = 8
+SHORT = 40  # characters of a client's text quoted back in an error
+# A float beyond a narrower float's range casts to inf, which `conform` refuses with a 400;
+# NumPy's warning about it would only fill the log (set once: np.errstate per request costs
+# more than the cast).
+warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, __name__)
+warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning, __name__)
+
+
+def quote(text) -> str:
+    """A client's string, quoted and cut short so that errors never echo large input."""
+    text = str(text)
+    return repr(text) if len(text) <= SHORT else repr(text[:SHORT]) + f"... ({len(text)} characters)"
 
 
 def check_datatype(datatype, where: str) -> np.dtype:
     if not isinstance(datatype, str) or datatype not in KNOWN:
-        raise BadRequest(f"{where}: unknown datatype {datatype!r}; expected one of {', '.join(KNOWN)}")
-    if datatype not in NUMERIC:
-        raise BadRequest(f"{where}: datatype {datatype} is not supported; the model takes FP32 "
-                         "(FP64, FP16 and integer types are converted)")
-    return np.dtype(NUMERIC[datatype])
-
-
-MAX_RANK = 8
-# A float64 beyond float32's range casts to inf, which finite_float32 refuses with a 400;
-# NumPy's warning about it would only fill the log (set here once: np.errstate per request
-# costs more than the cast).
-warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, __name__)
+        raise BadRequest(f"{where}: unknown datatype {quote(datatype)}; expected one of {', '.join(KNOWN)}")
+    if datatype == "BYTES":
+        raise BadRequest(f"{where}: datatype BYTES is not supported; no model here takes strings")
+    return DATATYPES[datatype]
 
 
 def check_shape(shape, where: str) -> tuple[tuple[int, ...], int]:
@@ -45,25 +50,43 @@ def check_shape(shape, where: str) -> tuple[tuple[int, ...], int]:
     if (not isinstance(shape, list) or not 0 < len(shape) <= MAX_RANK
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise BadRequest(f"{where}: shape must be an array of 1 to {MAX_RANK} non-negative "
-                         f"integers, got {shape!r}")
+                         f"integers, got {quote(shape)}")
     return tuple(shape), math.prod(shape)
 
 
 def from_json(data, datatype, shape, where: str, check_booleans: bool = True) -> np.ndarray:
-    """A tensor given as JSON numbers, nested or flat in row-major order."""
+    """A v2 tensor given as JSON values, nested or flat in row-major order, as its datatype."""
     dtype = check_datatype(datatype, where)
     shape, count = check_shape(shape, where)
-    values = numbers(data, where, check_booleans)
+    values = numbers(data, where, check_booleans, booleans=dtype.kind == "b")
     if values.size != count:
         raise BadRequest(f"{where}: data has {values.size} values but shape {list(shape)} "
                          f"needs {count}")
+    return _as_declared(values.reshape(shape), dtype, datatype, where)
+
+
+def from_bytes(blob: bytes | memoryview, datatype, shape, where: str) -> np.ndarray:
+    """A v2 tensor given as raw little-endian bytes (the binary tensor data extension)."""
+    dtype = check_datatype(datatype, where).newbyteorder("<")
+    shape, count = check_shape(shape, where)
+    expected = count * dtype.itemsize
+    if len(blob) != expected:
+        raise BadRequest(f"{where}: binary data has {len(blob)} bytes but shape {list(shape)} "
+                         f"of {datatype} needs {expected}")
+    return np.frombuffer(blob, dtype=dtype).reshape(shape)
+
+
+def _as_declared(values: np.ndarray, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:
+    """JSON values held to the datatype the client declared for them."""
+    if not values.size or values.dtype == dtype:
+        return values.astype(dtype, copy=False)
+    if dtype.kind == "b":
+        raise BadRequest(f"{where}: datatype BOOL needs true or false values")
     if dtype.kind in "iu":
-        if values.size and values.dtype.kind == "f":
+        if values.dtype.kind == "f":
             raise BadRequest(f"{where}: datatype {datatype} needs whole numbers")
-        limits = np.iinfo(dtype)
-        if values.size and (values.min() < limits.min or values.max() > limits.max):
-            raise BadRequest(f"{where}: a value lies outside the range of {datatype}")
-    return finite_float32(values.reshape(shape), where)
+        _check_range(values, np.iinfo(dtype), f"the range of {datatype}", where)
+    return values.astype(dtype)
 
 
 def may_hold_booleans(body: bytes) -> bool:
@@ -77,36 +100,23 @@ def _holds_booleans(data: list) -> bool:
     return any(type(item) is bool or (type(item) is list and _holds_booleans(item)) for item in data)
 
 
-def numbers(data, where: str, check_booleans: bool = True) -> np.ndarray:
-    """A JSON array of numbers, nested or flat, as an integer or float array of its own shape."""
+def numbers(data, where: str, check_booleans: bool = True, booleans: bool = False) -> np.ndarray:
+    """A JSON array of numbers (or of booleans only), nested or flat, as an array of its own shape."""
     if not isinstance(data, list):
-        raise BadRequest(f"{where}: data must be an array of numbers")
+        raise BadRequest(f"{where}: data must be an array of {'booleans' if booleans else 'numbers'}")
     try:
         values = np.array(data)
-    except ValueError:
-        raise BadRequest(f"{where}: data is a ragged or too deeply nested array") from None
-    if values.size and (values.dtype.kind not in "iuf" or check_booleans and _holds_booleans(data)):
+    except (ValueError, OverflowError):
+        raise BadRequest(f"{where}: data is a ragged or too deeply nested array, or holds an "
+                         "integer too large for 64 bits") from None
+    if not values.size or values.dtype.kind == "b":
+        return values
+    if values.dtype.kind not in "iuf" or check_booleans and _holds_booleans(data):
         kind = "booleans" if values.dtype.kind in "iufb" else _kind_name(values)
-        raise BadRequest(f"{where}: data must hold only numbers ({kind} found)")
+        raise BadRequest(f"{where}: data must hold only numbers or only booleans ({kind} found "
+                         "among numbers)" if kind == "booleans" else
+                         f"{where}: data must hold only numbers ({kind} found)")
     return values
-
-
-def from_bytes(blob: bytes | memoryview, datatype, shape, where: str) -> np.ndarray:
-    """A tensor given as raw little-endian bytes (the binary tensor data extension)."""
-    dtype = check_datatype(datatype, where).newbyteorder("<")
-    shape, count = check_shape(shape, where)
-    expected = count * dtype.itemsize
-    if len(blob) != expected:
-        raise BadRequest(f"{where}: binary data has {len(blob)} bytes but shape {list(shape)} "
-                         f"of {datatype} needs {expected}")
-    return finite_float32(np.frombuffer(blob, dtype=dtype).reshape(shape), where)
-
-
-def finite_float32(values: np.ndarray, where: str) -> np.ndarray:
-    converted = values.astype(np.float32, copy=False)  # beyond float32's range: inf, refused below
-    if not np.isfinite(converted).all():
-        raise BadRequest(f"{where}: data holds NaN, infinity, or a value beyond the FP32 range")
-    return converted
 
 
 def _kind_name(values: np.ndarray) -> str:
@@ -114,13 +124,33 @@ def _kind_name(values: np.ndarray) -> str:
         values.dtype.kind, str(values.dtype))
 
 
-def fit_to_model(x: np.ndarray, model, max_batch: int, where: str) -> np.ndarray:
-    """A 2-D (rows, features) batch of at least one row and at most max_batch rows."""
-    expected = [-1, model.features]
-    if x.ndim != 2 or x.shape[1] != model.features:
-        raise BadRequest(f"{where}: shape {list(x.shape)} does not match the model's {expected}")
-    if x.shape[0] == 0:
-        raise BadRequest(f"{where}: the batch is empty")
-    if x.shape[0] > max_batch:
-        raise PayloadTooLarge(f"{where}: batch of {x.shape[0]} rows is over the limit of {max_batch}")
-    return np.ascontiguousarray(x)
+def _check_range(values: np.ndarray, limits, what: str, where: str) -> None:
+    if values.min() < limits.min or values.max() > limits.max:
+        raise BadRequest(f"{where}: a value lies outside {what}")
+
+
+def conform(values: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
+    """The values as the model's input datatype, C-contiguous, or a 400 saying why not."""
+    target = spec.dtype
+    kind = values.dtype.kind
+    if target.kind == "b":
+        if kind != "b":
+            raise BadRequest(f"{where}: the input takes BOOL; send true or false values")
+        return np.ascontiguousarray(values, dtype=target)
+    if kind == "b":
+        raise BadRequest(f"{where}: the input takes {spec.datatype}; booleans are not numbers here")
+    if target.kind == "f":
+        converted = np.ascontiguousarray(values, dtype=target)
+        if not np.isfinite(converted).all():
+            raise BadRequest(f"{where}: data holds NaN, infinity, or a value beyond the "
+                             f"{spec.datatype} range")
+        return converted
+    if values.size:  # an integer input
+        if kind == "f" and not (np.isfinite(values).all() and (values == np.round(values)).all()):
+            raise BadRequest(f"{where}: the input takes {spec.datatype}; send whole numbers")
+        _check_range(values, np.iinfo(target), f"the range of {spec.datatype}", where)
+        if spec.range is not None:
+            low, high = spec.range
+            if values.min() < low or values.max() > high:
+                raise BadRequest(f"{where}: a value lies outside the input's range [{low}, {high}]")
+    return np.ascontiguousarray(values, dtype=target)

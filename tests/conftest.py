@@ -71,7 +71,16 @@ class Case:
 
     @property
     def feature_names(self) -> list[str]:
-        return [feature["name"] for feature in self.card["features"]]
+        return [feature["name"] for feature in self.card["inputs"][0]["features"]]
+
+    @property
+    def class_labels(self) -> list[str]:
+        return self.card["outputs"][0]["labels"]
+
+    @property
+    def binary(self) -> bool:
+        """One probability per row, of the second label (docs/card.md)."""
+        return self.card["outputs"][0]["shape"][-1] == 1
 
     def tensor(self, data, datatype: str = "FP32") -> dict:
         """A v2 input tensor of these rows."""
@@ -80,11 +89,11 @@ class Case:
     def labels(self) -> tuple[list[str], np.ndarray]:
         """Each row's class label by the oracle, and the oracle's probability of that class."""
         p = self.expected
-        if self.card["task"] == "binary":
+        if self.binary:
             positive = p[:, 0] >= 0.5
-            return [self.card["labels"][int(k)] for k in positive], np.where(positive, p[:, 0], 1 - p[:, 0])
+            return [self.class_labels[int(k)] for k in positive], np.where(positive, p[:, 0], 1 - p[:, 0])
         best = np.argmax(p, axis=1)
-        return [self.card["labels"][k] for k in best], p[np.arange(len(p)), best]
+        return [self.class_labels[k] for k in best], p[np.arange(len(p)), best]
 
 
 @pytest.fixture(scope="session")

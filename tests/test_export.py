@@ -31,7 +31,7 @@ def onnx_predict(model_dir, x):
 
 
 def classes(card, probabilities):
-    if card["task"] == "binary":
+    if card["outputs"][0]["shape"][-1] == 1:  # the probability of the second label
         return (probabilities[:, 0] >= 0.5).astype(int)
     return np.argmax(probabilities, axis=1)
 
@@ -88,14 +88,18 @@ def test_card_matches_its_files(name):
     assert graph_input.name == card_input["name"] and graph_output.name == card_output["name"]
     assert graph_input.type == graph_output.type == "tensor(float)"
     assert card_input["datatype"] == card_output["datatype"] == "FP32"
-    assert graph_input.shape[1:] == card_input["shape"][1:] == [len(card["features"])]
+    assert graph_input.shape[1:] == card_input["shape"][1:] == [len(card_input["features"])]
     assert graph_output.shape[1:] == card_output["shape"][1:]
     assert card_input["shape"][0] == card_output["shape"][0] == -1
     assert not isinstance(graph_input.shape[0], int)  # a variable batch dimension
-    assert [layer["units"] for layer in card["layers"]][-1] == card_output["shape"][1]
-    classes_out = 1 if card["task"] == "binary" else card_output["shape"][1]
-    assert card_output["shape"][1] == classes_out
-    assert len(card["labels"]) == (2 if card["task"] == "binary" else classes_out)
+    forward = card["forward"]
+    assert (forward["input"], forward["output"]) == (card_input["name"], card_output["name"])
+    assert [layer["units"] for layer in forward["layers"]][-1] == card_output["shape"][1]
+    binary = card_output["shape"][1] == 1
+    assert forward["layers"][-1]["activation"] == ("sigmoid" if binary else "softmax")
+    assert len(card_output["labels"]) == (2 if binary else card_output["shape"][1])
+    assert card["parity"]["reference"] == "keras"
+    assert card["parity"]["max_abs_difference"] <= card["parity"]["tolerance"]
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -212,5 +216,5 @@ def test_a_failed_write_leaves_no_version_behind(tmp_path, fresh, monkeypatch):
 
     monkeypatch.setattr(np, "savez", broken_savez)
     with pytest.raises(OSError, match="disk full"):
-        export.write_version(tmp_path, spec, dataset, graph, {"type": "rescale"}, {}, {})
+        export.write_version(tmp_path, spec, dataset, graph, {"type": "rescale"}, {}, {}, 0.0)
     assert list((tmp_path / spec["name"]).iterdir()) == []

@@ -29,7 +29,7 @@ def test_loop_equals_vectorised_on_the_whole_test_split(name, networks, test_spl
     x = test_splits[name].x
     looped = networks[name].activations(x, vectorised=False)
     vectorised = networks[name].activations(x)
-    assert len(looped) == len(networks[name].card["layers"]) + 1
+    assert len(looped) == len(networks[name].card["forward"]["layers"]) + 1
     for a_loop, a_vec in zip(looped, vectorised, strict=True):
         assert a_loop.shape == a_vec.shape
         assert np.max(np.abs(a_loop - a_vec)) <= 1e-12
@@ -82,7 +82,7 @@ def test_weights_that_do_not_match_the_card_are_refused(networks):
     card = networks["demand"].card
     weights = {"W1": np.zeros((4, 2)), "b1": np.zeros(2), "W2": np.zeros((2, 1)), "b2": np.zeros(1)}
     with pytest.raises(ValueError, match="layer 1"):
-        forward.layers_from(card, weights)
+        forward.layers_from(card["forward"], weights)
 
 
 def test_imports_with_numpy_only():

@@ -93,8 +93,9 @@ def expected_or_none(tensor: dict) -> np.ndarray | None:
         limits = np.iinfo(datatype.lower())
         if not all(type(v) is int and limits.min <= v <= limits.max for v in flat):
             return None
-    with np.errstate(over="ignore"):
-        x = np.array(flat, dtype=np.float64).astype(np.float32)
+    declared = {"FP16": np.float16, "FP64": np.float64}.get(datatype, np.float32)
+    with np.errstate(over="ignore"):  # rounded to the declared datatype, then to the model's FP32
+        x = np.array(flat, dtype=np.float64).astype(declared).astype(np.float32)
     if not np.isfinite(x).all():
         return None
     return NETWORK.predict(x.reshape(shape))

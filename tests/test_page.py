@@ -142,14 +142,14 @@ def test_controls_are_labelled_and_results_are_announced(page, server, problems)
     expect(page.get_by_role("combobox", name="Pen intensity")).to_be_visible()
     expect(page.get_by_role("button", name="Clear")).to_be_visible()
     card = read_card(latest_version("demand"))
-    for feature in card["features"]:  # one slider per feature, its range from the card
+    for feature in card["inputs"][0]["features"]:  # one slider per feature, its range from the card
         slider = page.get_by_role("slider", name=re.compile(
             "^" + feature["name"].replace("_", " ") + rf" \({feature['unit']}", re.IGNORECASE))
         expect(slider).to_have_attribute("min", f"{feature['min']:g}")
         expect(slider).to_have_attribute("max", f"{feature['max']:g}")
     controls = page.locator("main button, main input, main select")
     # the grid's cells, Clear, the two radios, the pen and a slider per feature
-    assert controls.count() == SIZE * SIZE + 1 + 2 + 1 + len(card["features"])
+    assert controls.count() == SIZE * SIZE + 1 + 2 + 1 + len(card["inputs"][0]["features"])
     for index in range(controls.count()):
         expect(controls.nth(index)).to_have_accessible_name(re.compile(r"\S"))
     expect(page.locator("#digit-summary")).to_have_attribute("aria-live", "polite")
@@ -180,12 +180,12 @@ def test_drawn_one_shows_what_the_api_and_the_numpy_forward_propagation_answer(p
 
     # Every layer of :explain, drawn as the network and listed as numbers.
     card = read_card(latest_version("digits"))
-    expect(page.locator("#digit-net circle")).to_have_count(sum(layer["units"] for layer in card["layers"]))
+    expect(page.locator("#digit-net circle")).to_have_count(sum(layer["units"] for layer in card["forward"]["layers"]))
     expect(page.locator("#digit-net rect")).to_have_count(SIZE * SIZE)
     activations = explain(server, "digits", pixels.tolist())["activations"]
     rows = page.locator("#digit-numbers p")
-    expect(rows).to_have_count(1 + len(card["layers"]))
-    for number in range(1, len(card["layers"]) + 1):
+    expect(rows).to_have_count(1 + len(card["forward"]["layers"]))
+    for number in range(1, len(card["forward"]["layers"]) + 1):
         expect(rows.nth(number)).to_contain_text(", ".join(fixed(a, 4) for a in activations[f"a{number}"]))
 
     # The same grid, sent to digits-binary.
@@ -208,7 +208,7 @@ def test_drawn_one_shows_what_the_api_and_the_numpy_forward_propagation_answer(p
 
 
 def demand_values(page: Page, card: dict) -> list[float]:
-    return [float(page.locator(f"#feature-{f['name']}").input_value()) for f in card["features"]]
+    return [float(page.locator(f"#feature-{f['name']}").input_value()) for f in card["inputs"][0]["features"]]
 
 
 def expect_demand(page: Page, server: str, values: list[float]) -> str:
@@ -233,7 +233,7 @@ def test_moving_a_demand_slider_shows_the_api_answer_for_the_new_inputs(page, se
     marketing = page.get_by_role("slider", name=re.compile("^Marketing"))
     marketing.focus()
     marketing.press("End")
-    expect(marketing).to_have_value(f"{card['features'][2]['max']:g}")
+    expect(marketing).to_have_value(f"{card['inputs'][0]['features'][2]['max']:g}")
     values = demand_values(page, card)
     after = expect_demand(page, server, values)
     assert after != before
@@ -242,7 +242,7 @@ def test_moving_a_demand_slider_shows_the_api_answer_for_the_new_inputs(page, se
     # a unit that falls as its feature rises is marked inverted.
     with np.load(latest_version("demand") / "weights.npz") as weights:
         W1 = weights["W1"]
-    names = [f["name"] for f in card["features"]]
+    names = [f["name"] for f in card["inputs"][0]["features"]]
     for concept, feature in HIDDEN_UNITS.items():
         weights_in = W1[names.index(feature)]
         unit = int(np.argmax(np.abs(weights_in)))

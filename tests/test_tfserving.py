@@ -140,7 +140,7 @@ def test_explain_gives_every_layer_of_the_forward_propagation(client, cases, nam
     labels, confidence = case.labels()
     assert (reply["model_name"], reply["model_version"]) == (name, "1")
     assert reply["layers"] == [{"a": f"a{number}", **layer}
-                               for number, layer in enumerate(case.card["layers"], start=1)]
+                               for number, layer in enumerate(case.card["forward"]["layers"], start=1)]
     assert len(reply["explanations"]) == len(case.x)
     for row, explanation in enumerate(reply["explanations"]):
         assert list(explanation["activations"]) == [f"a{n}" for n in range(1, len(layers) + 1)]

@@ -1,33 +1,25 @@
-"""What both protocols need: the registry and settings of this app, body parsing, timed inference."""
+"""What the REST routes share: the data plane of this app, the model asked for, bodies, responses."""
 
 from __future__ import annotations
 
-import time
-
-import numpy as np
-import orjson
 from flask import Response, current_app, request
 
-from service import metrics
-from service.errors import BadRequest, UnsupportedMediaType
-from service.registry import ModelRegistry, OnnxModel
-from service.settings import Settings
+from service.codecs.json import dumps
+from service.dataplane import DataPlane
+from service.errors import UnsupportedMediaType
+from service.registry import LoadedModel
 
 METRIC_LABELS = "serving.metric_labels"  # WSGI environ key: [model, version, protocol]
 
 
-def registry() -> ModelRegistry:
-    return current_app.extensions["model_registry"]
+def plane() -> DataPlane:
+    return current_app.extensions["data_plane"]
 
 
-def settings() -> Settings:
-    return current_app.extensions["settings"]
-
-
-def resolve(name: str, version: str | None, protocol: str) -> OnnxModel:
+def resolve(name: str, version: str | None, protocol: str) -> LoadedModel:
     """The model asked for; its labels go to the request metrics (see service.app.RequestObserver)."""
     labels = request.environ[METRIC_LABELS] = ["", "", protocol]
-    model = registry().get(name, version)
+    model = plane().model(name, version)
     labels[:2] = model.name, str(model.version)
     return model
 
@@ -42,29 +34,13 @@ def check_content_type(*allowed: str) -> None:
     mimetype = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
     if mimetype not in allowed and mimetype not in LENIENT and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(
-            f"Content-Type {mimetype!r} is not supported; send {' or '.join(allowed)}"
+            f"Content-Type {mimetype[:40]!r} is not supported; send {' or '.join(allowed)}"
         )
 
 
-def parse_json(body: bytes | memoryview, what: str = "request body"):
-    if not body:
-        raise BadRequest(f"{what} is empty; expected a JSON object")
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise BadRequest(f"{what} is not valid JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise BadRequest(f"{what} must be a JSON object")
-    return document
-
-
-def infer(model: OnnxModel, x: np.ndarray) -> dict[str, np.ndarray]:
-    started = time.perf_counter()
-    outputs = model.infer(x)
-    metrics.observe_inference(model.name, str(model.version), x.shape[0], time.perf_counter() - started)
-    return outputs
+def body() -> bytes:
+    return request.get_data(cache=False)
 
 
 def json_response(document, status: int = 200) -> Response:
-    return Response(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY),
-                    status=status, mimetype="application/json")
+    return Response(dumps(document), status=status, mimetype="application/json")

@@ -1,41 +1,20 @@
-"""Open Inference Protocol v2 (KServe / Triton) over REST, with the binary tensor data extension.
-
-Binary extension: when the request carries the header Inference-Header-Content-Length, the
-body is that many bytes of JSON followed by the raw tensors of the inputs whose
-parameters.binary_data_size is set, in the order of "inputs". Outputs are returned as raw
-bytes when the request's parameters.binary_data_output is true or an output's
-parameters.binary_data is true; the response then carries the same header.
-"""
+"""Open Inference Protocol v2 (KServe / Triton) REST routes: thin, over the v2 codec and the data plane."""
 
 from __future__ import annotations
 
-import re
-
-import orjson
 from flask import Blueprint, Response, request
 
 from service import __version__
-from service.errors import BadRequest
-from service.protocols.common import (
-    check_content_type,
-    infer,
-    json_response,
-    parse_json,
-    registry,
-    resolve,
-    settings,
-)
-from service.tensors import fit_to_model, from_bytes, from_json, may_hold_booleans
+from service.codecs import v2 as codec
+from service.protocols.common import body, check_content_type, json_response, plane, resolve
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
-DIGITS = re.compile(r"[0-9]{1,12}")
 blueprint = Blueprint("v2", __name__)
 
 
 @blueprint.get("/v2")
 def server_metadata():
     return json_response({"name": "onnx-serving", "version": __version__,
-                          "extensions": ["binary_tensor_data"]})
+                          "extensions": ["binary_tensor_data", "model_repository"]})
 
 
 @blueprint.get("/v2/health/live")
@@ -46,7 +25,7 @@ def live():
 @blueprint.get("/v2/health/ready")
 def ready():
     """200 when every model has a version to serve (see ModelRegistry.ready), else 503."""
-    models = registry()
+    models = plane().registry
     answer = {"ready": models.ready}
     if models.refused():
         answer["refused_versions"] = models.refused()
@@ -57,31 +36,40 @@ def ready():
     return json_response(answer, status=503)
 
 
-def tensor_metadata(tensors: list[dict]) -> list[dict]:
-    return [{"name": t["name"], "datatype": t["datatype"], "shape": t["shape"]} for t in tensors]
+@blueprint.post("/v2/repository/index")
+def repository_index():
+    """Every version in the repository and its state (Triton's model repository extension)."""
+    models = plane().registry
+    return json_response([
+        {"name": name, "version": str(version), "state": "READY" if reason is None else "UNAVAILABLE",
+         "reason": reason or ""}
+        for name in models.names() for version, reason in models.status(name).items()
+    ])
 
 
 @blueprint.get("/v2/models/<name>")
 @blueprint.get("/v2/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
     model = resolve(name, version, "v2")
-    loaded = sorted(registry().models.get(name, {}))
     card = model.card
     return json_response({
         "name": model.name,
-        "versions": [str(v) for v in loaded],
+        "versions": [str(v) for v in sorted(plane().registry.models.get(name, {}))],
         "platform": "onnx_onnxv1",
-        "inputs": tensor_metadata(card["inputs"]),
-        "outputs": tensor_metadata(card["outputs"]),
+        "inputs": codec.tensor_metadata(card.inputs),
+        "outputs": codec.tensor_metadata(card.outputs),
         # Beyond the spec: what a client needs to build inputs and read outputs.
         "parameters": {
             "version": str(model.version),
-            "description": card["description"],
-            "task": card["task"],
-            "features": card["features"],
-            "labels": card["labels"],
-            "layers": card["layers"],
-            "metrics": card["metrics"],
+            "description": card.description,
+            "source": card.source,
+            "features": card.raw["inputs"][0].get("features") if card.table_features else None,
+            "ranges": {spec.name: list(spec.range) for spec in card.inputs if spec.range},
+            "labels": {spec.name: list(spec.labels) for spec in card.outputs if spec.labels},
+            "layers": card.forward["layers"] if card.forward else None,
+            "explain": model.network is not None,
+            "metrics": card.metrics,
+            "parity": card.parity,
         },
     })
 
@@ -98,123 +86,12 @@ def model_ready(name: str, version: str | None = None):
 def model_infer(name: str, version: str | None = None):
     model = resolve(name, version, "v2")
     check_content_type("application/json", "application/octet-stream")
-    body = request.get_data(cache=False)
-    header, binary = split_body(body)
-    document = parse_json(header)
-    x = decode_input(document, model, binary, may_hold_booleans(body))
-    wanted = requested_outputs(document, model)
-    results = infer(model, x)
-    return encode_response(document, model, results, wanted)
-
-
-def split_body(body: bytes) -> tuple[memoryview, memoryview]:
-    view = memoryview(body)
-    raw = request.environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH")
-    if raw is None:
-        return view, view[len(view):]
-    if not DIGITS.fullmatch(raw) or not 0 < int(raw) <= len(body):
-        raise BadRequest(f"header {HEADER_LENGTH} must be an integer between 1 and the body "
-                         f"length {len(body)}, got {raw!r}")
-    return view[: int(raw)], view[int(raw):]
-
-
-def decode_input(document: dict, model, binary: memoryview, check_booleans: bool):
-    inputs = document.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise BadRequest("field 'inputs' must be a non-empty array of tensors")
-    if "id" in document and not isinstance(document["id"], str):
-        raise BadRequest("field 'id' must be a string")
-    found = None
-    offset = 0
-    for index, tensor in enumerate(inputs):
-        where = f"inputs[{index}]"
-        if not isinstance(tensor, dict):
-            raise BadRequest(f"{where} must be an object with name, shape, datatype and data")
-        name = tensor.get("name")
-        if not isinstance(name, str):
-            raise BadRequest(f"{where}.name must be a string")
-        where = f"{where} {name!r}"
-        if name != model.input_name:
-            raise BadRequest(f"{where}: unknown input; model {model.name!r} takes "
-                             f"{model.input_name!r}")
-        if found is not None:
-            raise BadRequest(f"{where}: input given twice")
-        for key in ("shape", "datatype"):
-            if key not in tensor:
-                raise BadRequest(f"{where}: field '{key}' is missing")
-        parameters = tensor.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise BadRequest(f"{where}.parameters must be an object")
-        size = parameters.get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise BadRequest(f"{where}: parameters.binary_data_size must be a non-negative integer")
-            if offset + size > len(binary):
-                raise BadRequest(f"{where}: binary_data_size {size} runs past the end of the body")
-            if "data" in tensor:
-                raise BadRequest(f"{where}: give either data or parameters.binary_data_size, not both")
-            found = from_bytes(binary[offset:offset + size], tensor["datatype"], tensor["shape"], where)
-            offset += size
-        elif "data" in tensor:
-            found = from_json(tensor["data"], tensor["datatype"], tensor["shape"], where,
-                              check_booleans)
-        else:
-            raise BadRequest(f"{where}: field 'data' is missing")
-    if offset != len(binary):
-        raise BadRequest(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
-    if found is None:  # unreachable while models take one input, kept for clarity of the error
-        raise BadRequest(f"missing input {model.input_name!r}")
-    return fit_to_model(found, model, settings().max_batch, f"input {model.input_name!r}")
-
-
-def requested_outputs(document: dict, model) -> dict[str, bool]:
-    """Output name -> whether to send it as binary."""
-    parameters = document.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise BadRequest("field 'parameters' must be an object")
-    binary_default = parameters.get("binary_data_output", False)
-    if not isinstance(binary_default, bool):
-        raise BadRequest("parameters.binary_data_output must be true or false")
-    outputs = document.get("outputs")
-    if outputs is None:
-        return {name: binary_default for name in model.output_names}
-    if not isinstance(outputs, list):
-        raise BadRequest("field 'outputs' must be an array of {\"name\": ...} objects")
-    wanted = {}
-    for index, output in enumerate(outputs):
-        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
-            raise BadRequest(f"outputs[{index}] must be an object with a string 'name'")
-        name = output["name"]
-        if name not in model.output_names:
-            raise BadRequest(f"outputs[{index}]: unknown output {name!r}; model {model.name!r} "
-                             f"gives {', '.join(repr(n) for n in model.output_names)}")
-        options = output.get("parameters") or {}
-        binary = options.get("binary_data", binary_default) if isinstance(options, dict) else None
-        if not isinstance(binary, bool):
-            raise BadRequest(f"outputs[{index}].parameters.binary_data must be true or false")
-        wanted[name] = binary
-    return wanted
-
-
-def encode_response(document: dict, model, results: dict, wanted: dict[str, bool]) -> Response:
-    response = {"model_name": model.name, "model_version": str(model.version)}
-    if "id" in document:
-        response["id"] = document["id"]
-    tensors, blobs = [], []
-    for name, binary in wanted.items():
-        values = results[name]
-        tensor = {"name": name, "datatype": "FP32", "shape": list(values.shape)}
-        if binary:
-            blob = values.astype("<f4", copy=False).tobytes()
-            tensor["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            tensor["data"] = values.ravel()
-        tensors.append(tensor)
-    response["outputs"] = tensors
-    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not blobs:
-        return Response(header, mimetype="application/json")
-    reply = Response(b"".join([header, *blobs]), mimetype="application/octet-stream")
-    reply.headers[HEADER_LENGTH] = str(len(header))
+    inference = codec.decode_request(body(), request.environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
+    response = plane().infer(model, inference)
+    payload, header_length = codec.encode_response(
+        response, codec.binary_outputs(inference, response.outputs))
+    if header_length is None:
+        return Response(payload, mimetype="application/json")
+    reply = Response(payload, mimetype="application/octet-stream")
+    reply.headers[codec.HEADER_LENGTH] = str(header_length)
     return reply
