@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from training import TrainingError, specs
+from training import TrainingError, quiet, specs
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "models"
 
@@ -67,6 +67,7 @@ def summary(results) -> str:
     return "\n".join(lines)
 
 
+@quiet.filtered()  # TensorFlow's C++ start-up and tf.data chatter off the console
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
