@@ -2,7 +2,8 @@
 
 import os
 
-# Set before any module here imports TensorFlow: keeps its C++ start-up chatter off the console.
+# Set before any module here imports TensorFlow: hides its C++ INFO and WARNING lines. The lines
+# logged while its libraries load ignore it; python -m training filters those (training/quiet.py).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

@@ -1,7 +1,8 @@
 """Keep TensorFlow's C++ start-up and tf.data chatter off the console; let everything else through.
 
-TensorFlow 2.21 logs from C++ through Abseil, which writes to stderr before anyone calls
-absl::InitializeLog() and ignores TF_CPP_MIN_LOG_LEVEL until then. So every run printed:
+TensorFlow 2.21 logs from C++ through Abseil. What it logs while its libraries load, before
+anyone calls absl::InitializeLog(), goes to stderr whatever TF_CPP_MIN_LOG_LEVEL says. So every
+run printed (the first two lines twice, once per library):
 
     WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
     I0000 ... port.cc:153] oneDNN custom operations are on. ...      (when the library loads)
@@ -14,8 +15,10 @@ the batch size, and turns Keras's ParallelMapDatasetV2 into a plain MapDataset. 
 `use_unbounded_threadpool` attribute, which MapDataset does not define, and TensorFlow reports
 that at ERROR severity before ignoring it. Nothing is wrong; the training is unchanged.
 
-None of these can be switched off from Python without changing the numbers (TF_ENABLE_ONEDNN_OPTS=0
-and dropping op determinism both do), so `filtered()` filters file descriptor 2 of the process:
+None of these can be switched off at the source without a cost: TF_ENABLE_ONEDNN_OPTS=0 and
+dropping op determinism change the numbers, a tf.data pipeline of our own instead of NumPy arrays
+changes the shuffling (and so every trained weight), and TF_CPP_MIN_LOG_LEVEL=3 hides every real
+C++ error too. So `filtered()` filters file descriptor 2 of the process:
 C++ and Python writes alike pass through a pipe, a thread drops the lines that match NOISE and
 forwards every other byte to the real stderr. Set TF_CPP_MIN_LOG_LEVEL=0 to see everything.
 """
