@@ -82,7 +82,7 @@ def _as_declared(values: np.ndarray, dtype: np.dtype, datatype: str, where: str)
         return values.astype(dtype, copy=False)
     if dtype.kind == "b":
         raise BadRequest(f"{where}: datatype BOOL needs true or false values")
-    if dtype.kind in "iu":
+    if dtype.kind in "iu":  # integers, or (kind "O") Python integers beyond int64
         if values.dtype.kind == "f":
             raise BadRequest(f"{where}: datatype {datatype} needs whole numbers")
         _check_range(values, np.iinfo(dtype), f"the range of {datatype}", where)
@@ -111,6 +111,12 @@ def numbers(data, where: str, check_booleans: bool = True, booleans: bool = Fals
                          "integer too large for 64 bits") from None
     if not values.size or values.dtype.kind == "b":
         return values
+    if values.dtype.kind == "f" and np.abs(values).max() >= 2**63:
+        # NumPy makes floats of integers beyond int64 (UINT64 data, say), losing their last
+        # digits: when every value is an integer, keep them exact as Python integers.
+        exact = np.array(data, dtype=object)
+        if all(type(v) is int for v in exact.flat):
+            return exact
     if values.dtype.kind not in "iuf" or check_booleans and _holds_booleans(data):
         kind = "booleans" if values.dtype.kind in "iufb" else _kind_name(values)
         raise BadRequest(f"{where}: data must hold only numbers or only booleans ({kind} found "
@@ -146,7 +152,7 @@ def conform(values: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
                              f"{spec.datatype} range")
         return converted
     if values.size:  # an integer input
-        if kind == "f" and not (np.isfinite(values).all() and (values == np.round(values)).all()):
+        if kind == "f" and not (np.isfinite(values).all() and (values == np.trunc(values)).all()):
             raise BadRequest(f"{where}: the input takes {spec.datatype}; send whole numbers")
         _check_range(values, np.iinfo(target), f"the range of {spec.datatype}", where)
         if spec.range is not None:
