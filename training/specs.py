@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training import TrainingError
+from training import TrainingError, data
 from training.data import DATASET_NAMES
 
 SPEC_DIR = Path(__file__).parent / "specs"
@@ -36,7 +36,15 @@ def load(name_or_path: str) -> dict:
         spec = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise SpecError(f"spec {path.name}: cannot read it as JSON ({error})") from None
-    validate(spec, path.name)
+    validate(spec, path.name, base=path.parent)
+    if isinstance(spec["dataset"], dict):
+        source = Path(spec["dataset"]["csv"]).name
+        # A CSV path is relative to the spec's folder; training may run from anywhere.
+        spec["dataset"] = {**spec["dataset"],
+                           "csv": str(data.csv_path(spec["dataset"], path.parent).resolve())}
+    else:
+        source = spec["dataset"]
+    spec.setdefault("description", f"{spec['name']}, trained on {source}")
     return spec
 
 
@@ -45,20 +53,25 @@ def _require(condition: bool, where: str, problem: str) -> None:
         raise SpecError(f"spec {where}: {problem}")
 
 
-def validate(spec: dict, where: str = "spec") -> None:
+def validate(spec: dict, where: str = "spec", base: Path | None = None) -> None:
+    """Check a spec; a CSV data set is read and checked too, its relative path taken from `base`."""
     _require(isinstance(spec, dict), where, "must be a JSON object")
     for key, kind in (
-        ("name", str), ("dataset", str), ("task", str), ("input", str), ("output", str),
+        ("name", str), ("dataset", (str, dict)), ("task", str), ("input", str), ("output", str),
         ("preprocessing", str), ("layers", list), ("training", dict),
     ):
-        _require(isinstance(spec.get(key), kind), where, f"field {key!r} must be a {kind.__name__}")
+        what = "a data set name or a CSV object" if key == "dataset" else f"a {kind.__name__}"
+        _require(isinstance(spec.get(key), kind), where, f"field {key!r} must be {what}")
     name = spec["name"]
     _require(
         name.replace("-", "").replace("_", "").isalnum() and name[0].isalnum(),
         where, f"field 'name' {name!r} must be letters, digits, '-' or '_'",
     )
-    _require(spec["dataset"] in DATASET_NAMES, where,
-             f"field 'dataset' must be one of {', '.join(DATASET_NAMES)}")
+    _require(isinstance(spec.get("description", ""), str), where, "field 'description' must be a string")
+    dataset = spec.get("dataset")
+    _require(isinstance(dataset, dict) or dataset in DATASET_NAMES, where,
+             f"field 'dataset' must be one of {', '.join(DATASET_NAMES)}, or a CSV object "
+             '{"csv": FILE, "label": COLUMN}')
     _require(spec["task"] in TASK_OUTPUTS, where,
              f"field 'task' must be one of {', '.join(TASK_OUTPUTS)}")
     _require(spec["preprocessing"] in PREPROCESSING, where,
@@ -74,14 +87,26 @@ def validate(spec: dict, where: str = "spec") -> None:
                  f"{at}.activation must be one of {', '.join(ACTIVATIONS)}")
         _require(isinstance(layer.get("name"), str), where, f"{at}.name must be a string")
     last = spec["layers"][-1]
-    classes = CLASSES[spec["dataset"]]
+    if isinstance(dataset, dict):
+        try:
+            table = data.read_table(dataset, base)
+        except data.CsvError as error:
+            raise SpecError(f"spec {where}: {error}") from None
+        classes = len(table.labels)
+        shown = f"{dataset['csv']} (column {table.label!r})"
+        high = float(table.x.max())
+        _require(spec["preprocessing"] != "rescale" or high > 0, where,
+                 f"preprocessing 'rescale' divides by the largest feature value, {high:g} in "
+                 f"{dataset['csv']}; use 'standardize'")
+    else:
+        classes, shown = CLASSES[dataset], dataset
     expected_units = 1 if spec["task"] == "binary" else classes
     _require(last["activation"] == TASK_OUTPUTS[spec["task"]], where,
              f"the last layer of a {spec['task']} model must use {TASK_OUTPUTS[spec['task']]}")
     _require(last["units"] == expected_units, where,
-             f"the last layer must have {expected_units} units for {spec['dataset']}")
+             f"the last layer must have {expected_units} units for {shown}")
     _require(spec["task"] == "multiclass" or classes == 2, where,
-             f"dataset {spec['dataset']} has {classes} classes; use task 'multiclass'")
+             f"dataset {shown} has {classes} classes; use task 'multiclass'")
     training = spec["training"]
     for key, kind in (("seed", int), ("epochs", int), ("batch_size", int),
                       ("learning_rate", (int, float))):
