@@ -29,6 +29,8 @@ def build_app(config: Mapping | None = None) -> Flask:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__, static_folder="static", static_url_path="/static")  # service/static
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # `//v2//models` is no route: merging slashes would answer 308 to whatever Host was sent.
+    app.url_map.merge_slashes = False
     registry = ModelRegistry(
         settings.model_repository, (settings.intra_op_threads, settings.inter_op_threads)
     ).load()

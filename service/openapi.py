@@ -20,6 +20,7 @@ def _json(schema: dict, description: str) -> dict:
 ERRORS = {
     "400": _json(_ref("Error"), "malformed request: the message names the field and the problem"),
     "404": _json(_ref("Error"), "unknown model or version"),
+    "405": _json(_ref("Error"), "method not allowed: a path ending in :predict or :explain takes POST"),
     "413": _json(_ref("Error"), "body or batch over the configured limit"),
     "415": _json(_ref("Error"), "unsupported Content-Type"),
     "503": _json(_ref("Error"), "model not ready"),
@@ -40,7 +41,7 @@ def _post(summary: str, body: str, ok: dict, params=(NAME,)) -> dict:
     return {"post": {
         "summary": summary, "parameters": list(params),
         "requestBody": {"required": True, "content": {JSON: {"schema": _ref(body)}}},
-        "responses": {"200": ok, **ERRORS},
+        "responses": {"200": ok, **{code: error for code, error in ERRORS.items() if code != "405"}},
     }}
 
 
@@ -153,7 +154,7 @@ def document() -> dict:
         "Inference-Header-Content-Length)", "InferRequest",
         _json(_ref("InferResponse"), "outputs"), params=p))
     _with_versions(paths, "/v1/models/{name}", "", lambda p: _get(
-        "TensorFlow Serving model status", _json(_ref("ModelStatus"), "status"), "404", params=p))
+        "TensorFlow Serving model status", _json(_ref("ModelStatus"), "status"), "404", "405", params=p))
     _with_versions(paths, "/v1/models/{name}", "/metadata", lambda p: _get(
         "TensorFlow Serving model metadata", _json(_ref("Metadata"), "signature"), "404", "503",
         params=p))

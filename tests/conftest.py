@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,11 @@ def wait_until_ready(url: str, process: subprocess.Popen, seconds: float = 60) -
 class Server(NamedTuple):
     url: str
     process: subprocess.Popen  # the gunicorn master
+    log: typing.IO[bytes]  # what gunicorn and the service wrote
+
+    def log_text(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def workers(self) -> list[int]:
         found = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
@@ -172,7 +178,7 @@ def gunicorn(repository: Path = MODELS, workers: int = 2, **environment):
         )
         try:
             wait_until_ready(url, process)
-            yield Server(url, process)
+            yield Server(url, process, log)
         finally:
             process.terminate()
             try:

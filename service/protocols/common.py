@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from flask import Response, current_app, request
+from gunicorn.http.errors import ParseException
 
 from service.codecs.json import dumps
 from service.dataplane import DataPlane
-from service.errors import UnsupportedMediaType
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.registry import LoadedModel
 
 METRIC_LABELS = "serving.metric_labels"  # WSGI environ key: [model, version, protocol]
@@ -39,7 +40,19 @@ def check_content_type(*allowed: str) -> None:
 
 
 def body() -> bytes:
-    return request.get_data(cache=False)
+    """The request body. Flask refuses a Content-Length over the limit; a chunked body has none,
+    so it is read here up to the limit and refused past it (werkzeug would cut it silently), and
+    malformed chunks are the client's mistake, a 400, not a server error."""
+    if request.environ.get("CONTENT_LENGTH"):
+        return request.get_data(cache=False)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    try:
+        data = request.environ["wsgi.input"].read(limit + 1)
+    except ParseException as error:
+        raise BadRequest(f"the chunked request body is malformed ({type(error).__name__})") from None
+    if len(data) > limit:
+        raise PayloadTooLarge("request body is larger than the configured limit")
+    return data
 
 
 def json_response(document, status: int = 200) -> Response:

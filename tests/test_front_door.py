@@ -1,0 +1,111 @@
+"""The front door's small faults, each against a real gunicorn: malformed or oversized chunked
+bodies, versions with a trailing newline, errors that would echo a client's large input, doubled
+slashes with a foreign Host, and the 405 that /openapi.json must document."""
+
+from __future__ import annotations
+
+import json
+import socket
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+from service import forward
+from tests.conftest import gunicorn, latest_version
+
+ROW = [25.0, 7.5, 2500.0, 5.5]
+GOOD = json.dumps({"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": ROW}]})
+LIMIT = 10000
+
+
+@pytest.fixture(scope="module")
+def door():
+    with gunicorn(workers=1, SERVING_MAX_BODY_BYTES=str(LIMIT)) as running:
+        yield running
+
+
+def exchange(url: str, raw: bytes, timeout: float = 10) -> tuple[int, dict, bytes]:
+    """Send raw bytes on a new connection; the status, headers and body of the answer."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=timeout) as connection:
+        connection.sendall(raw)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, body
+
+
+def chunked(path: str, chunks: bytes, extra: str = "") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Transfer-Encoding: chunked\r\nConnection: close\r\n{extra}\r\n").encode() + chunks
+
+
+def good_answer_follows(door) -> None:
+    status, _, body = exchange(door.url, (
+        f"POST /v2/models/demand/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(GOOD)}\r\nConnection: close\r\n\r\n{GOOD}").encode())
+    assert status == 200
+    expected = forward.Network.load(latest_version("demand")).predict(np.array([ROW]))
+    assert abs(json.loads(body)["outputs"][0]["data"][0] - expected[0, 0]) <= 1e-6
+
+
+@pytest.mark.parametrize("chunks", [
+    b"zz\r\n" + GOOD.encode() + b"\r\n0\r\n\r\n",  # size not hexadecimal
+    b"-5\r\n" + GOOD.encode() + b"\r\n0\r\n\r\n",  # negative size
+    f"{len(GOOD):x}\r\n{GOOD}XX0\r\n\r\n".encode(),  # no CRLF after the chunk
+    f"{len(GOOD):x}\r\n{GOOD}\r\n0\r\nbad trailer\r\n\r\n".encode(),  # a trailer that is no header
+], ids=["size-zz", "size-negative", "missing-terminator", "bad-trailer"])
+def test_malformed_chunks_are_a_400_without_a_traceback(door, chunks):
+    status, headers, body = exchange(door.url, chunked("/v2/models/demand/infer", chunks))
+    assert status == 400, body
+    assert "error" in json.loads(body)
+    assert "Traceback" not in door.log_text()
+    good_answer_follows(door)
+
+
+def test_a_well_formed_chunked_body_is_answered(door):
+    chunks = f"{len(GOOD) - 10:x}\r\n{GOOD[:-10]}\r\na\r\n{GOOD[-10:]}\r\n0\r\n\r\n".encode()
+    status, _, body = exchange(door.url, chunked("/v2/models/demand/infer", chunks))
+    assert status == 200, body
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(door):
+    size = LIMIT + 100
+    payload = b'{"inputs": [' + b" " * (size - 13) + b"]"
+    chunks = f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n\r\n"
+    status, _, body = exchange(door.url, chunked("/v2/models/demand/infer", chunks))
+    assert status == 413, body
+    good_answer_follows(door)
+
+
+def test_a_version_with_a_trailing_newline_is_no_version(door):
+    status, _, body = exchange(door.url, b"GET /v2/models/demand/versions/1%0A HTTP/1.1\r\n"
+                                         b"Host: localhost\r\nConnection: close\r\n\r\n")
+    assert status == 404, body
+
+
+def test_errors_quote_only_a_short_prefix_of_what_was_sent(door):
+    name = "x" * 4_000  # the body stays under the limit of this server
+    document = json.dumps({"inputs": [{"name": name, "shape": [1, 4], "datatype": "FP32", "data": ROW}],
+                           "outputs": [{"name": "y" * 4_000}]})
+    raw = (f"POST /v2/models/demand/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+           f"Content-Length: {len(document)}\r\nConnection: close\r\n\r\n{document}").encode()
+    status, _, body = exchange(door.url, raw)
+    assert status == 400 and len(body) < 300, body
+
+
+def test_doubled_slashes_are_no_route_and_never_redirect_to_the_given_host(door):
+    status, headers, _ = exchange(door.url, b"GET //v2//models//digits HTTP/1.1\r\n"
+                                            b"Host: elsewhere.example\r\nConnection: close\r\n\r\n")
+    assert status == 404
+    assert "Location" not in headers
+
+
+def test_openapi_documents_the_405_of_a_verb_asked_with_get(client):
+    operation = client.get("/openapi.json").get_json()["paths"]["/v1/models/{name}/versions/{version}"]["get"]
+    assert "405" in operation["responses"]
+    assert client.get("/v1/models/demand/versions/1:predict").status_code == 405
