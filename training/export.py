@@ -1,17 +1,24 @@
-"""Export a fitted Keras model to ONNX and write one version into the model repository.
+"""Export to ONNX, and write one trained version into the model repository.
 
-Keras 3's Normalization layer exports its statistics as extra graph inputs, so the graph is
-traced from a tf.function that applies the card's preprocessing with constants and then
-the model's Dense layers: one input, one named output.
+`to_onnx` is the one path from TensorFlow to ONNX, for the built-in models and for imported
+Keras files and SavedModels alike: tf2onnx's `convert.from_function` on a `tf.function` with a
+named `input_signature` (the ONNX input names) that returns a dict (its keys become the ONNX
+output names), at opset 17, then `onnx.checker` with full_check and a check that the graph has
+exactly the inputs asked for. (`tf2onnx.convert.from_keras` fails on Keras 3 models.)
+
+TensorFlow captures small eager tensors a traced function reads (Keras 3's Normalization keeps
+its mean and variance in such tensors) as constants that it nevertheless lists among the
+function's inputs, and tf2onnx turns every listed input into a graph input: onnxruntime would
+then demand the statistics with every request. `to_onnx` captures every eager tensor as a
+constant and takes those constants off the input list before conversion, so they stay
+constants in the graph. The built-in models are traced from the card's preprocessing, as
+constants, and their Dense layers: one input, one named output.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,9 +29,11 @@ import onnxruntime
 import sklearn
 import tensorflow as tf
 import tf2onnx
+from tensorflow.core.function.capture import capture_container
 
 from training import TrainingError
 from training.data import Dataset
+from training.repository import publish
 
 OPSET = 17
 # Largest |Keras - onnxruntime| allowed before a version is published (float32 arithmetic in a
@@ -36,11 +45,57 @@ class ExportError(TrainingError):
     """The exported graph failed a check; nothing was written."""
 
 
+@contextlib.contextmanager
+def _eager_tensors_as_constants():
+    """While tracing: capture every eager tensor as a Const op, however large (TensorFlow does so
+    up to 128 elements and makes larger ones placeholders, which tf2onnx turns into inputs)."""
+    threshold = capture_container._EAGER_CONST_THRESHOLD
+    capture_container._EAGER_CONST_THRESHOLD = 2**62
+    try:
+        yield
+    finally:
+        capture_container._EAGER_CONST_THRESHOLD = threshold
+
+
+def to_onnx(call: Callable[..., Mapping], input_specs: Sequence[tf.TensorSpec]) -> onnx.ModelProto:
+    """Trace call(*tensors) -> {output name: tensor} and convert it to a checked ONNX graph.
+
+    input_specs name the graph's inputs, in order, and give their dtypes and shapes (None for a
+    dynamic dimension). Raises ExportError when the converter fails or the graph does not check.
+    """
+    signature = list(input_specs)
+    function = tf.function(call, input_signature=signature)
+    with _eager_tensors_as_constants():
+        concrete = function.get_concrete_function(*signature)
+    # Captured eager tensors are Const ops listed among the inputs: unlist them (the signature's
+    # placeholders come first; variables are resource placeholders that tf2onnx freezes).
+    concrete.graph.inputs[:] = [
+        tensor for position, tensor in enumerate(concrete.graph.inputs)
+        if position < len(signature) or tensor.op.type != "Const"
+    ]
+    try:
+        # from_function finds the concrete function traced above (same signature).
+        graph, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=OPSET)
+        onnx.checker.check_model(graph, full_check=True)
+    except Exception as error:  # tf2onnx and onnx raise anything from ValueError to KeyError
+        raise ExportError(f"the ONNX converter failed: {one_line(error)}") from None
+    inputs = [i.name for i in graph.graph.input]
+    expected = [spec.name for spec in signature]
+    if inputs != expected:
+        raise ExportError(f"the exported graph has inputs {inputs}, expected exactly {expected}")
+    return graph
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def onnx_graph(spec: dict, model: keras.Model, preprocessing: dict, features: int) -> onnx.ModelProto:
     dense_layers = [model.get_layer(layer["name"]) for layer in spec["layers"]]
-    signature = [tf.TensorSpec([None, features], tf.float32, name=spec["input"])]
 
-    @tf.function(input_signature=signature)
     def serve(x):
         if preprocessing["type"] == "standardize":
             x = (x - tf.constant(preprocessing["mean"], tf.float32)) / tf.constant(
@@ -54,8 +109,7 @@ def onnx_graph(spec: dict, model: keras.Model, preprocessing: dict, features: in
             x = layer(x)
         return {spec["output"]: x}  # the dict key becomes the ONNX output's name
 
-    graph, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET)
-    return graph
+    return to_onnx(serve, [tf.TensorSpec([None, features], tf.float32, name=spec["input"])])
 
 
 def check(graph: onnx.ModelProto, spec: dict, model: keras.Model, dataset: Dataset) -> float:
@@ -77,16 +131,7 @@ def check(graph: onnx.ModelProto, spec: dict, model: keras.Model, dataset: Datas
     return difference
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def next_version(model_root: Path) -> int:
-    versions = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
-def card(spec, dataset, version, preprocessing, metrics, parity, onnx_sha256, weights_sha256) -> dict:
+def card(spec, dataset, version, preprocessing, metrics, parity, files: dict) -> dict:
     """The card of a trained model (docs/card.md): one table input, one labelled output, and the
     forward section for the NumPy forward propagation of its Dense layers."""
     features = len(dataset.features)
@@ -115,10 +160,7 @@ def card(spec, dataset, version, preprocessing, metrics, parity, onnx_sha256, we
         "metrics": metrics,
         "dataset": dataset.fingerprint(),
         "training": spec["training"],
-        "files": {
-            "model.onnx": {"sha256": onnx_sha256},
-            "weights.npz": {"sha256": weights_sha256},
-        },
+        "files": files,
         "opset": OPSET,
         "libraries": libraries(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -137,12 +179,6 @@ def libraries() -> dict:
     }
 
 
-def staging_dir(model_root: Path) -> Path:
-    """A hidden folder beside the versions; the registry ignores names that are not integers."""
-    model_root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".staging-", dir=model_root))
-
-
 def write_version(
     repository: Path, spec: dict, dataset: Dataset, graph: onnx.ModelProto,
     preprocessing: dict, weights: dict, metrics: dict, parity: float, version: int | None = None,
@@ -151,19 +187,10 @@ def write_version(
 
     A run that fails before the rename leaves no version behind, only nothing.
     """
-    model_root = repository / spec["name"]
-    staging = staging_dir(model_root)
-    try:
-        onnx.save(graph, staging / "model.onnx")
-        np.savez(staging / "weights.npz", **weights)
-        version = version or next_version(model_root)
-        document = card(spec, dataset, version, preprocessing, metrics, parity,
-                        sha256(staging / "model.onnx"), sha256(staging / "weights.npz"))
-        (staging / "card.json").write_text(json.dumps(document, indent=2) + "\n")
-        os.chmod(staging, 0o755)
-        target = model_root / str(version)
-        staging.rename(target)  # atomic; refuses to replace a non-empty version
-        return target
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    return publish(
+        repository, spec["name"],
+        {"model.onnx": lambda path: onnx.save(graph, path),
+         "weights.npz": lambda path: np.savez(path, **weights)},
+        lambda number, files: card(spec, dataset, number, preprocessing, metrics, parity, files),
+        version,
+    )

@@ -95,16 +95,26 @@ def preprocessing_parameters(spec: dict, model: keras.Model) -> dict:
     """The preprocessing layer's parameters as the card records them (float32 values)."""
     kind = spec["preprocessing"]
     if kind == "standardize":
-        layer = model.get_layer("normalize")
-        mean = np.asarray(layer.mean, dtype=np.float32).reshape(-1)
-        # Keras divides by max(sqrt(variance), epsilon); record that divisor as std.
-        std = np.maximum(
-            np.sqrt(np.asarray(layer.variance, dtype=np.float32).reshape(-1)),
-            np.float32(keras.backend.epsilon()),
-        )
-        return {"type": kind, "mean": mean.tolist(), "std": std.tolist()}
+        return normalization_parameters(model.get_layer("normalize"))
     if kind == "rescale":
-        layer = model.get_layer("rescale")
-        return {"type": kind, "scale": float(np.float32(layer.scale)),
-                "offset": float(np.float32(layer.offset))}
+        return rescaling_parameters(model.get_layer("rescale"))
     return {"type": "none"}
+
+
+def normalization_parameters(layer: keras.layers.Normalization) -> dict:
+    """A Normalization layer as the card's `standardize` preprocessing."""
+    mean = np.asarray(layer.mean, dtype=np.float32).reshape(-1)
+    # Keras divides by max(sqrt(variance), epsilon); record that divisor as std.
+    std = np.maximum(
+        np.sqrt(np.asarray(layer.variance, dtype=np.float32).reshape(-1)),
+        np.float32(keras.backend.epsilon()),
+    )
+    return {"type": "standardize", "mean": mean.tolist(), "std": std.tolist()}
+
+
+def rescaling_parameters(layer: keras.layers.Rescaling) -> dict:
+    """A Rescaling layer with a scalar scale and offset as the card's `rescale` preprocessing."""
+    def scalar(value) -> float:
+        return float(np.asarray(value, dtype=np.float32).reshape(-1)[0])
+
+    return {"type": "rescale", "scale": scalar(layer.scale), "offset": scalar(layer.offset)}
