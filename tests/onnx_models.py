@@ -1,0 +1,120 @@
+"""Small ONNX graphs built with onnx.helper (no TensorFlow), and model versions made of them:
+model.onnx beside a hand-written card.json (docs/card.md) as an import of a plain ONNX file.
+
+    model = two_in_two_out()
+    folder = write_version(repository, "imported", 1, model, ranges={"tokens": [0, 9]},
+                           labels={"score": ["no", "yes"]})
+    outputs = run(folder / "model.onnx", {"tokens": ..., "numbers": ...})  # onnxruntime, directly
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+# ONNX element types and their v2 datatypes.
+DATATYPES = {
+    TensorProto.BOOL: "BOOL",
+    TensorProto.UINT8: "UINT8", TensorProto.UINT16: "UINT16", TensorProto.UINT32: "UINT32",
+    TensorProto.UINT64: "UINT64", TensorProto.INT8: "INT8", TensorProto.INT16: "INT16",
+    TensorProto.INT32: "INT32", TensorProto.INT64: "INT64", TensorProto.FLOAT16: "FP16",
+    TensorProto.FLOAT: "FP32", TensorProto.DOUBLE: "FP64",
+}
+
+
+def two_in_two_out() -> onnx.ModelProto:
+    """tokens INT64 [-1, 3] and numbers FP32 [-1, 2] -> score FP32 [-1, 1] and flag BOOL [-1, 1]:
+
+    score = sigmoid(float(tokens) @ [0.5, -0.25, 1.0] + numbers @ [2.0, -1.5] - 0.75)
+    flag = score > 0.5
+    """
+    initializers = [
+        numpy_helper.from_array(np.array([[0.5], [-0.25], [1.0]], dtype=np.float32), "token_weights"),
+        numpy_helper.from_array(np.array([[2.0], [-1.5]], dtype=np.float32), "number_weights"),
+        numpy_helper.from_array(np.array([-0.75], dtype=np.float32), "bias"),
+        numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["tokens"], ["tokens_float"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["tokens_float", "token_weights"], ["from_tokens"]),
+        helper.make_node("MatMul", ["numbers", "number_weights"], ["from_numbers"]),
+        helper.make_node("Add", ["from_tokens", "from_numbers"], ["sum"]),
+        helper.make_node("Add", ["sum", "bias"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["score"]),
+        helper.make_node("Greater", ["score", "half"], ["flag"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "two_in_two_out",
+        inputs=[helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", 3]),
+                helper.make_tensor_value_info("numbers", TensorProto.FLOAT, ["batch", 2])],
+        outputs=[helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1]),
+                 helper.make_tensor_value_info("flag", TensorProto.BOOL, ["batch", 1])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="tests.onnx_models")
+    model.ir_version = 8  # the IR of opset 17, which every onnxruntime of these pins reads
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def signature(values: list[onnx.ValueInfoProto]) -> list[dict]:
+    """The card's tensors of graph inputs or outputs: -1 for every dimension without a fixed size."""
+    tensors = []
+    for value in values:
+        tensor = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        tensors.append({"name": value.name, "datatype": DATATYPES[tensor.elem_type], "shape": shape})
+    return tensors
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_version(repository: Path, name: str, version: int, model: onnx.ModelProto, *,
+                  description: str = "", ranges: dict | None = None, labels: dict | None = None,
+                  metrics: dict | None = None, file: str | None = None) -> Path:
+    """<repository>/<name>/<version>/ with model.onnx and a card.json of a plain ONNX import;
+    ranges and labels are keyed by tensor name. Returns the version folder."""
+    folder = repository / name / str(version)
+    folder.mkdir(parents=True)
+    onnx.save(model, folder / "model.onnx")
+    inputs, outputs = signature(model.graph.input), signature(model.graph.output)
+    for tensor in inputs:
+        if tensor["name"] in (ranges or {}):
+            tensor["range"] = list(ranges[tensor["name"]])
+    for tensor in outputs:
+        if tensor["name"] in (labels or {}):
+            tensor["labels"] = list(labels[tensor["name"]])
+    card = {
+        "name": name,
+        "version": version,
+        "description": description,
+        "platform": "onnx_onnxv1",
+        "source": {"kind": "onnx", "file": file or f"{name}.onnx"},
+        "inputs": inputs,
+        "outputs": outputs,
+        "parity": {"reference": None, "data": None, "rows": 0, "max_abs_difference": None,
+                   "tolerance": None},
+        "metrics": metrics or {},
+        "files": {"model.onnx": {"sha256": sha256(folder / "model.onnx")}},
+        "opset": OPSET,
+        "libraries": {"onnx": onnx.__version__},
+    }
+    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return folder
+
+
+def run(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of the graph at `path` for these inputs, by onnxruntime directly."""
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs), strict=True))
