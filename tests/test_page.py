@@ -2,8 +2,13 @@
 against a real gunicorn: what it shows is what the API answers for the same inputs, and what the
 NumPy forward propagation computes.
 
+Besides the committed models, some tests serve a repository made in tmp_path that also holds a
+model imported from a plain ONNX file (tests/onnx_models.py, no TensorFlow): the page lists it
+with its signature and tries it with a request made from its metadata, whose answer must be what
+onnxruntime computes from the same inputs when run directly here.
+
 Chromium is required: without /usr/bin/chromium these tests fail (CI installs it), they do not skip.
-A screenshot of the page is saved to test-artifacts/page.png.
+A screenshot of the page served from that repository is saved to test-artifacts/page.png.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from service import forward
+from tests import onnx_models
 from tests.conftest import MODELS, PARITY, ROOT, gunicorn, latest_version, read_card
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,6 +38,12 @@ SCREENSHOT = ROOT / "test-artifacts" / "page.png"
 SIZE = 8
 ONE = [(row, 4) for row in range(1, 8)]  # a "1": a vertical stroke in column 5, rows 2 to 8
 HIDDEN_UNITS = {"affordability": "shipping_cost", "awareness": "marketing", "perceived quality": "material"}
+PANEL_MODELS = ("demand", "digits", "digits-binary")  # the models the page has panels for
+IMPORTED = "imported"  # a model without a panel, imported from a plain ONNX file
+IMPORTED_RANGES = {"tokens": [0, 9]}
+IMPORTED_LABELS = {"score": ["no", "yes"]}
+SOURCES = {"trained": "trained here", "keras": "imported from a Keras file",
+           "onnx": "imported from an ONNX file"}
 
 expect.set_options(timeout=15_000)
 
@@ -48,14 +60,21 @@ def shown_percent(p: float) -> str:
     return f"{fixed(p * 100, 1)}%"
 
 
-def post(url: str, path: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+def post(url: str, path: str, body: dict | str) -> tuple[int, dict]:
+    """POSTs a JSON body (or JSON text as it stands); the status and the JSON answer."""
+    text = body if isinstance(body, str) else json.dumps(body)
+    request = urllib.request.Request(url + path, data=text.encode(),
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def get(url: str, path: str) -> dict:
+    with urllib.request.urlopen(url + path, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def infer(url: str, model: str, pixels: np.ndarray) -> np.ndarray:
@@ -166,7 +185,7 @@ def test_drawn_one_shows_what_the_api_and_the_numpy_forward_propagation_answer(p
         cell(page, row, col).click()
     pixels = one_pixels()
 
-    labels = read_card(latest_version("digits"))["labels"]
+    labels = read_card(latest_version("digits"))["outputs"][0]["labels"]
     probabilities = infer(server, "digits", pixels)
     oracle = forward.Network.load(latest_version("digits")).predict(pixels)
     assert np.max(np.abs(probabilities - oracle)) <= PARITY
@@ -180,7 +199,8 @@ def test_drawn_one_shows_what_the_api_and_the_numpy_forward_propagation_answer(p
 
     # Every layer of :explain, drawn as the network and listed as numbers.
     card = read_card(latest_version("digits"))
-    expect(page.locator("#digit-net circle")).to_have_count(sum(layer["units"] for layer in card["forward"]["layers"]))
+    units = sum(layer["units"] for layer in card["forward"]["layers"])
+    expect(page.locator("#digit-net circle")).to_have_count(units)
     expect(page.locator("#digit-net rect")).to_have_count(SIZE * SIZE)
     activations = explain(server, "digits", pixels.tolist())["activations"]
     rows = page.locator("#digit-numbers p")
@@ -199,7 +219,7 @@ def test_drawn_one_shows_what_the_api_and_the_numpy_forward_propagation_answer(p
     expect(page.locator("#digit-bars li .value")).to_have_text([shown_percent(1 - p_one),
                                                                 shown_percent(p_one)])
     binary = read_card(latest_version("digits-binary"))
-    units = sum(layer["units"] for layer in binary["layers"])
+    units = sum(layer["units"] for layer in binary["forward"]["layers"])
     expect(page.locator("#digit-net circle")).to_have_count(units)
 
     page.get_by_role("button", name="Clear").click()
@@ -284,32 +304,51 @@ def test_an_error_answer_is_shown(page, server):
     expect(page.locator("#digit-probability")).to_be_visible()
 
 
-def test_models_missing_from_the_repository_are_shown_unavailable(browser, tmp_path):
+def test_unavailable_versions_and_missing_models_are_shown_with_the_reason(browser, tmp_path):
+    """demand version 2 is refused (tampered model.onnx) while version 1 serves; a model whose
+    only version is broken is listed unavailable; digits is not in the repository at all."""
     shutil.copytree(MODELS / "demand", tmp_path / "demand")
-    with gunicorn(tmp_path, workers=1) as only_demand:
+    tampered = tmp_path / "demand" / "2"
+    shutil.copytree(tmp_path / "demand" / "1", tampered)
+    card = read_card(tampered)
+    (tampered / "card.json").write_text(json.dumps({**card, "version": 2}))
+    with (tampered / "model.onnx").open("ab") as graph:
+        graph.write(b"\0")
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "card.json").write_text("{not json")
+    with gunicorn(tmp_path, workers=1) as server:
         page = browser.new_page()
         try:
-            page.goto(only_demand.url + "/")
-            with urllib.request.urlopen(only_demand.url + "/v2/models/demand", timeout=10) as response:
-                demand = json.loads(response.read())
+            page.goto(server.url + "/")
+            index = post(server.url, "/v2/repository/index", {})[1]
+            reasons = {(entry["name"], entry["version"]): entry["reason"] for entry in index}
+            assert reasons[("demand", "1")] == ""
+            assert "sha256" in reasons[("demand", "2")] and reasons[("broken", "1")]
+            expect(page.locator("#model-cards .card")).to_have_count(2)  # every model, no more
+            demand = get(server.url, "/v2/models/demand")
             card = page.locator('.card[data-model="demand"]')
             expect(card).to_contain_text(f"version {demand['parameters']['version']}")
             for key, value in demand["parameters"]["metrics"].items():
                 expect(card).to_contain_text(f"{key.replace('_', ' ')} {value:.4f}")
             expect(card).to_contain_text("features · FP32 · [-1,\u00a04]")
+            expect(card.locator(".card-error")).to_have_text(
+                f"Version 2 is unavailable: {reasons[('demand', '2')]}")
+            broken = page.locator('.card[data-model="broken"]')
+            expect(broken).to_contain_text("unavailable")
+            expect(broken.locator(".card-error")).to_have_text(
+                f"Version 1 is unavailable: {reasons[('broken', '1')]}")
             for name in ("digits", "digits-binary"):
-                try:
-                    urllib.request.urlopen(f"{only_demand.url}/v2/models/{name}", timeout=10)
-                    raise AssertionError(f"{name} should not be served")
-                except urllib.error.HTTPError as error:
-                    assert error.code == 404
-                    message = json.loads(error.read())["error"]
-                missing = page.locator(f'.card[data-model="{name}"]')
-                expect(missing).to_contain_text("unavailable")
-                expect(missing).to_contain_text(message)
-            # the drawing panel says why it cannot predict
-            expect(page.locator("#draw-error")).to_contain_text("model 'digits' not found")
-            # and demand still works
+                expect(page.locator(f'.card[data-model="{name}"]')).to_have_count(0)
+            # the drawing panel says why it cannot predict: the service's own 404
+            try:
+                urllib.request.urlopen(f"{server.url}/v2/models/digits", timeout=10)
+                raise AssertionError("digits should not be served")
+            except urllib.error.HTTPError as error:
+                assert error.code == 404
+                message = json.loads(error.read())["error"]
+            assert "model 'digits' not found" in message
+            expect(page.locator("#draw-error")).to_contain_text(message)
+            # and demand still works, with version 1
             expect(page.locator("#demand-probability")).to_have_text(re.compile(r"^\d+\.\d%$"))
         finally:
             page.close()
@@ -350,7 +389,7 @@ def test_dragging_draws_with_the_mouse_and_on_a_touch_screen(browser, page, serv
         context.close()
 
 
-def test_keyboard_drawing_and_sliders_and_the_screenshot(page, server, problems):
+def test_keyboard_drawing_and_sliders(page, server, problems):
     """Everything by keyboard: the roving focus of the grid, Space and Enter, a slider's arrows."""
     page.goto(server + "/")
     cell(page, 0, 0).focus()
@@ -377,8 +416,180 @@ def test_keyboard_drawing_and_sliders_and_the_screenshot(page, server, problems)
     expect(price).to_have_value("22.5")
     expect_demand(page, server, demand_values(page, card))
     expect(page.locator("#digit-probability")).to_have_text(shown_percent(probabilities.max()))
+    assert problems == []
+
+
+# A repository with a model the page has no panel for
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory) -> Path:
+    """Copies of the committed models, and a model imported from a plain ONNX file."""
+    repository = tmp_path_factory.mktemp("repository")
+    for model in MODELS.iterdir():
+        if model.is_dir():
+            shutil.copytree(model, repository / model.name)
+    onnx_models.write_version(
+        repository, IMPORTED, 1, onnx_models.two_in_two_out(), file="two_in_two_out.onnx",
+        description="A tiny graph built with onnx.helper: two inputs, two outputs.",
+        ranges=IMPORTED_RANGES, labels=IMPORTED_LABELS)
+    return repository
+
+
+@pytest.fixture(scope="module")
+def mixed(repository):
+    """The URL of a gunicorn serving that repository."""
+    with gunicorn(repository, workers=1) as running:
+        yield running.url
+
+
+def tensor_text(tensor: dict) -> str:
+    shape = ",\u00a0".join(str(d) for d in tensor["shape"])
+    return f"{tensor['name']} · {tensor['datatype']} · [{shape}]"
+
+
+def example_request(card: dict) -> dict:
+    """The request the page must offer, from the card: -1 read as 1, zeros, false for BOOL, and the
+    low end of an input's range."""
+    inputs = []
+    for tensor in card["inputs"]:
+        shape = [1 if d == -1 else d for d in tensor["shape"]]
+        fill = False if tensor["datatype"] == "BOOL" else tensor.get("range", [0])[0]
+        inputs.append({"name": tensor["name"], "datatype": tensor["datatype"], "shape": shape,
+                       "data": [fill] * int(np.prod(shape))})
+    return {"inputs": inputs}
+
+
+def oracle(folder: Path, request: dict) -> dict[str, np.ndarray]:
+    """onnxruntime run here, directly on the graph file, on the request's inputs."""
+    dtypes = {"INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_}
+    return onnx_models.run(folder / "model.onnx", {
+        tensor["name"]: np.array(tensor["data"], dtype=dtypes[tensor["datatype"]]).reshape(tensor["shape"])
+        for tensor in request["inputs"]})
+
+
+def expect_answer(answer: dict, expected: dict[str, np.ndarray], card: dict) -> None:
+    """The answer's outputs are the oracle's: names, datatypes, shapes and every value."""
+    assert [output["name"] for output in answer["outputs"]] == list(expected)
+    for output, spec in zip(answer["outputs"], card["outputs"], strict=True):
+        values = expected[output["name"]]
+        assert output["datatype"] == spec["datatype"]
+        assert output["shape"] == list(values.shape)
+        shown = np.array(output["data"], dtype=values.dtype).reshape(values.shape)
+        np.testing.assert_array_equal(shown, values)
+
+
+def try_controls(page: Page):
+    card = page.locator(f'.card[data-model="{IMPORTED}"]')
+    return (card.get_by_role("textbox", name=f"Request to POST /v2/models/{IMPORTED}/infer"),
+            card.get_by_role("button", name="Send"),
+            card.get_by_role("textbox", name="Answer", exact=True))
+
+
+def test_every_model_of_the_repository_is_listed_with_its_signature(page, mixed, repository, problems):
+    page.goto(mixed + "/")
+    status, index = post(mixed, "/v2/repository/index", {})
+    assert status == 200
+    names = sorted({entry["name"] for entry in index})
+    assert names == sorted([*PANEL_MODELS, IMPORTED])
+    cards = page.locator("#model-cards .card")
+    expect(cards).to_have_count(len(names))
+    assert [cards.nth(k).get_attribute("data-model") for k in range(len(names))] == names
+    for name in names:
+        meta = get(mixed, f"/v2/models/{name}")
+        parameters = meta["parameters"]
+        card = page.locator(f'.card[data-model="{name}"]')
+        expect(card.get_by_role("heading", level=3)).to_have_text(f"{name} version {parameters['version']}")
+        expect(card).to_contain_text(parameters["description"])
+        expect(card).to_contain_text(SOURCES[parameters["source"]])
+        for tensor in meta["inputs"] + meta["outputs"]:
+            expect(card).to_contain_text(tensor_text(tensor))
+        for output, labels in parameters["labels"].items():
+            expect(card).to_contain_text(f"{output}: {', '.join(labels)}")
+        for key, value in parameters["metrics"].items():
+            expect(card).to_contain_text(f"{key.replace('_', ' ')} {value:.4f}")
+        # only a model without a panel above is offered a request to try
+        expect(card.get_by_role("button", name="Send")).to_have_count(0 if name in PANEL_MODELS else 1)
+
+    imported = page.locator(f'.card[data-model="{IMPORTED}"]')
+    expect(imported).to_contain_text("tokens · INT64 · [-1,\u00a03] · range [0, 9]")
+    expect(imported).to_contain_text("score: no, yes (the value is P(yes))")
+    expect(imported).to_contain_text("a plain ONNX import has no reference")
+    expect(imported).not_to_contain_text("Test metrics")  # it has none
+    assert problems == []
+
+
+def test_an_imported_model_is_tried_with_a_request_made_from_its_metadata(page, mixed, repository, problems):
+    folder = latest_version(IMPORTED, repository)
+    card = read_card(folder)
+    page.goto(mixed + "/")
+    request, send, answer = try_controls(page)
+
+    # The request on offer is the card's signature, and the service takes it as it stands.
+    offered = json.loads(request.input_value())
+    assert offered == example_request(card)
+    assert offered["inputs"][0]["data"] == [IMPORTED_RANGES["tokens"][0]] * 3
+    status, direct = post(mixed, f"/v2/models/{IMPORTED}/infer", request.input_value())
+    assert status == 200, direct
+
+    send.click()
+    expect(answer).to_have_value(re.compile(r'"outputs"'))
+    expect_answer(json.loads(answer.input_value()), oracle(folder, offered), card)
+    expect(answer).to_have_attribute("readonly", "")
+
+    # Edited by keyboard: new data, Tab to Send, Enter.
+    edited = {"inputs": [
+        {"name": "tokens", "datatype": "INT64", "shape": [2, 3], "data": [[3, 7, 1], [0, 8, 1]]},
+        {"name": "numbers", "datatype": "FP32", "shape": [2, 2], "data": [[0.25, -1.5], [-2.0, 0.125]]}]}
+    request.fill(json.dumps(edited, indent=2))
+    request.focus()
+    page.keyboard.press("Tab")
+    expect(send).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(answer).to_have_value(re.compile(r'"shape": \[2, 1\]'))
+    expected = oracle(folder, edited)
+    assert expected["flag"].any() and not expected["flag"].all()  # both answers of the flag
+    expect_answer(json.loads(answer.input_value()), expected, card)
+    assert problems == []
+
+    # Made invalid: the service's own error is shown, in words, for each.
+    out_of_range = json.dumps({"inputs": [{**edited["inputs"][0], "data": [3, 99, 1, 0, 0, 0]},
+                                          edited["inputs"][1]]})
+    for text, why in [(out_of_range, "outside the input's range [0, 9]"), ('{"inputs": [', "not valid JSON"),
+                      (json.dumps({"inputs": edited["inputs"][:1]}), "numbers")]:
+        status, refused = post(mixed, f"/v2/models/{IMPORTED}/infer", text)
+        assert status == 400 and why in refused["error"], refused
+        request.fill(text)
+        request.press("Control+Enter")
+        expect(answer).to_have_value(re.compile(re.escape(refused["error"])))
+        expect(answer).to_have_value(
+            re.compile(f"^The service answered 400 to POST /v2/models/{IMPORTED}/infer"))
+        expect(answer).to_have_class(re.compile(r"\bfailed\b"))
+    # the only complaints of the browser are the 400 answers themselves
+    assert problems and all("status of 400" in problem for problem in problems), problems
+
+
+def test_the_panels_work_beside_an_imported_model_and_the_screenshot(page, mixed, repository, problems):
+    page.goto(mixed + "/")
+    for row, col in ONE:
+        cell(page, row, col).click()
+    probabilities = infer(mixed, "digits", one_pixels())
+    expect(page.locator("#digit-label")).to_have_text("1")
+    expect(page.locator("#digit-probability")).to_have_text(shown_percent(probabilities.max()))
+    expect(page.locator("#digit-net circle")).to_have_count(
+        sum(layer["units"] for layer in read_card(latest_version("digits", repository))["forward"]["layers"]))
+
+    card = read_card(latest_version("demand", repository))
+    marketing = page.get_by_role("slider", name=re.compile("^Marketing"))
+    marketing.focus()
+    marketing.press("End")
+    expect_demand(page, mixed, demand_values(page, card))
+
+    request, send, answer = try_controls(page)
+    send.click()
+    expect(answer).to_have_value(re.compile(r'"outputs"'))
+    assert problems == []
 
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
-    assert problems == []

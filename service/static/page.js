@@ -1,8 +1,9 @@
 // The page of onnx-serving: draws digits for `digits` and `digits-binary`, moves the `demand`
-// model's inputs, and lists the models. Plain DOM, no library, nothing fetched but this service.
+// model's inputs, lists every model of the repository and lets any other model be tried with a
+// v2 request. Plain DOM, no library, nothing fetched but this service.
 "use strict";
 
-const MODEL_NAMES = ["demand", "digits", "digits-binary"]; // v2 has no list route
+const PANEL_MODELS = ["demand", "digits", "digits-binary"]; // the models the panels above are made for
 const SIZE = 8; // the digits are 8x8 images
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -11,11 +12,16 @@ const SVG = "http://www.w3.org/2000/svg";
 class ServiceError extends Error {}
 
 /** One request; resolves with the JSON answer, or throws a ServiceError carrying its "error". */
-async function call(method, path, body) {
+function call(method, path, body) {
+  return send(method, path, body === undefined ? undefined : JSON.stringify(body));
+}
+
+/** One request whose body is JSON text as it stands (a person's, say): the service judges it. */
+async function send(method, path, json) {
   const options = { method, headers: { Accept: "application/json" } };
-  if (body !== undefined) {
+  if (json !== undefined) {
     options.headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(body);
+    options.body = json;
   }
   let response;
   try {
@@ -69,6 +75,18 @@ function latest(task) {
       running = false;
     }
   };
+}
+
+/**
+ * The output a panel reads: the first one with class labels, as {name, labels, binary}; binary
+ * when it holds one probability per row, of labels[1] (docs/card.md).
+ */
+function classOutput(meta) {
+  const labels = meta.parameters.labels || {};
+  const output = meta.outputs.find((o) => Array.isArray(labels[o.name]));
+  if (!output) throw new ServiceError(`model '${meta.name}' has no output with class labels`);
+  const names = labels[output.name];
+  return { name: output.name, labels: names, binary: names.length === 2 && output.shape.at(-1) === 1 };
 }
 
 function showError(box, error) {
@@ -328,12 +346,13 @@ function setPixel(k, value) {
 }
 
 function digitColumns(meta) {
-  const layers = meta.parameters.layers;
-  const labels = meta.parameters.labels;
-  const binary = meta.parameters.task === "binary";
-  const features = meta.parameters.features;
+  const { labels, binary } = classOutput(meta);
+  // Without the NumPy forward propagation (no :explain) only the input and the output are known.
+  const layers = meta.parameters.layers
+    || [{ units: binary ? 1 : labels.length, activation: "(no :explain)" }];
+  const size = meta.inputs[0].shape.at(-1);
   const columns = [{
-    title: "input a[0]", subtitle: `${features.length} pixels`, grid: true, units: features.length,
+    title: "input a[0]", subtitle: `${size} pixels`, grid: true, units: size,
     name: (k) => `row ${Math.floor(k / SIZE) + 1} column ${(k % SIZE) + 1}`,
     format: (v) => `intensity ${(v * 16).toFixed(0)}`,
   }];
@@ -366,13 +385,13 @@ async function digitDiagram(name) {
 
 /** The class probabilities of one answer: a softmax row, or P(positive) of a binary model. */
 function classProbabilities(meta, output) {
-  if (meta.parameters.task === "binary") return [1 - output[0], output[0]];
+  if (classOutput(meta).binary) return [1 - output[0], output[0]];
   return output;
 }
 
 function renderBars(meta, probabilities, best = -1) {
   const list = document.getElementById("digit-bars");
-  const labels = meta.parameters.labels;
+  const { labels } = classOutput(meta);
   list.replaceChildren(...labels.map((label, k) => {
     const fill = el("span", { class: "fill" });
     if (probabilities) setBar(fill, probabilities[k]);
@@ -408,25 +427,32 @@ async function digitTask() {
       return;
     }
     const input = meta.inputs[0];
+    const read = classOutput(meta);
     const [inferred, explained] = await Promise.all([
       call("POST", `/v2/models/${encodeURIComponent(name)}/infer`, {
-        inputs: [{ name: input.name, shape: [1, pixels.length], datatype: "FP32", data: pixels }],
+        inputs: [{ name: input.name, shape: [1, pixels.length], datatype: input.datatype, data: pixels }],
+        outputs: [{ name: read.name }],
       }),
-      call("POST", `/v1/models/${encodeURIComponent(name)}:explain`, { instances: [pixels] }),
+      meta.parameters.explain
+        ? call("POST", `/v1/models/${encodeURIComponent(name)}:explain`, { instances: [pixels] }) : null,
     ]);
     if (name !== digitModel() || pixels.some((v, k) => v !== draw.pixels[k])) return; // stale: a newer run follows
-    const output = inferred.outputs[0].data;
+    const output = inferred.outputs.find((o) => o.name === read.name).data;
     const probabilities = classProbabilities(meta, output);
-    const best = meta.parameters.task === "binary" ? Number(output[0] >= 0.5)
-      : probabilities.indexOf(Math.max(...probabilities));
+    const best = read.binary ? Number(output[0] >= 0.5) : probabilities.indexOf(Math.max(...probabilities));
     clearError(box);
     renderBars(meta, probabilities, best);
     summary.replaceChildren(el("span", { class: "sr-only", text: "Prediction: " }),
-      el("strong", { class: "big", id: "digit-label", text: meta.parameters.labels[best] }),
+      el("strong", { class: "big", id: "digit-label", text: read.labels[best] }),
       el("span", {}, " with probability ",
         el("strong", { id: "digit-probability", text: percent(probabilities[best]) })));
-    const activations = explained.explanations[0].activations;
-    const values = [pixels.map((v) => v / 16), ...explained.layers.map((layer) => activations[layer.a])];
+    const values = [pixels.map((v) => v / 16)];
+    if (explained) {
+      const activations = explained.explanations[0].activations;
+      values.push(...explained.layers.map((layer) => activations[layer.a]));
+    } else {
+      values.push(output);
+    }
     draw.diagram(values);
     renderNumbers(document.getElementById("digit-numbers"), digitColumns(meta), values);
   } catch (error) {
@@ -573,6 +599,7 @@ function buildDemandView(meta) {
     : "The hidden units could not be named; they are shown in the network's order.";
 
   const features = meta.parameters.features;
+  const positive = classOutput(meta).labels[1];
   const columns = [
     { title: "input x", subtitle: `${features.length} features`, units: features.length,
       labels: features.map((f) => humanize(f.name)), labelSide: "left",
@@ -583,10 +610,10 @@ function buildDemandView(meta) {
         title: last ? `output a[${i + 1}]` : `hidden a[${i + 1}]`,
         subtitle: `${layer.units} ${layer.activation}`,
         units: layer.units,
-        labels: last ? [`P(${meta.parameters.labels[1]})`] : i === 0
+        labels: last ? [`P(${positive})`] : i === 0
           ? [...Array(layer.units).keys()].map(hiddenLabel) : null,
         labelSide: last ? "right" : "below",
-        name: (k) => (last ? `P(${meta.parameters.labels[1]})` : i === 0 ? hiddenLabel(k) : `unit ${k + 1}`),
+        name: (k) => (last ? `P(${positive})` : i === 0 ? hiddenLabel(k) : `unit ${k + 1}`),
         format: (v) => v.toFixed(4),
       };
     }),
@@ -611,10 +638,11 @@ async function demandTask() {
     const explanation = answer.explanations[0];
     const layers = answer.layers.map((layer) => explanation.activations[layer.a]);
     const p = explanation.prediction[0]; // P(labels[1]) from onnxruntime
+    const positive = classOutput(meta).labels[1];
     clearError(box);
-    summary.replaceChildren(el("span", { class: "sr-only", text: `Probability of ${meta.parameters.labels[1]}: ` }),
+    summary.replaceChildren(el("span", { class: "sr-only", text: `Probability of ${positive}: ` }),
       el("strong", { class: "big", id: "demand-probability", text: percent(p) }),
-      el("span", { "aria-hidden": "true", text: ` chance of ${meta.parameters.labels[1]}` }),
+      el("span", { "aria-hidden": "true", text: ` chance of ${positive}` }),
       el("span", { class: "verdict" }, "Label: ", el("strong", { id: "demand-label", text: explanation.label })));
     document.querySelectorAll("#demand-hidden li").forEach((item) => {
       const a = layers[0][Number(item.dataset.unit)];
@@ -642,6 +670,11 @@ async function setUpDemand() {
   const box = document.getElementById("demand-error");
   try {
     const meta = await metadata("demand");
+    const { binary } = classOutput(meta);
+    if (!binary || !meta.parameters.features || !meta.parameters.explain) {
+      throw new ServiceError("This panel needs demand to be a binary classifier of one table input " +
+        "with a NumPy forward propagation (:explain); the model served as demand is not.");
+    }
     buildSliders(meta);
     try {
       demand.units = await identifyHiddenUnits(meta);
@@ -659,48 +692,200 @@ async function setUpDemand() {
 
 // ---------------------------------------------------------------- the models
 
+const SOURCES = { trained: "trained here", keras: "imported from a Keras file", onnx: "imported from an ONNX file" };
+
 function tensorText(tensor) {
   return `${tensor.name} · ${tensor.datatype} · [${tensor.shape.join(",\u00a0")}]`;
 }
 
-function modelCard(name, meta, error) {
+/** JSON for people: two-space indents, arrays of numbers and short objects on one line. */
+function jsonText(value, indent = "") {
+  const flat = (v) => v === null || typeof v !== "object"
+    || (Array.isArray(v) && v.every((x) => x === null || typeof x !== "object"));
+  const inner = `${indent}  `;
+  if (Array.isArray(value)) {
+    if (value.every(flat) && value.every((v) => !Array.isArray(v))) {
+      return `[${value.map((v) => JSON.stringify(v)).join(", ")}]`;
+    }
+    return `[\n${value.map((v) => inner + jsonText(v, inner)).join(",\n")}\n${indent}]`;
+  }
+  if (value !== null && typeof value === "object") {
+    const entries = Object.entries(value);
+    const oneLine = `{${entries.map(([k, v]) => `${JSON.stringify(k)}: ${jsonText(v)}`).join(", ")}}`;
+    if (entries.every(([, v]) => flat(v)) && indent.length + oneLine.length <= 90) return oneLine;
+    return `{\n${entries.map(([k, v]) => `${inner}${JSON.stringify(k)}: ${jsonText(v, inner)}`)
+      .join(",\n")}\n${indent}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/**
+ * A v2 infer request for a model, from its metadata: every input with its name, datatype and
+ * shape (-1 taken as 1), filled with zeros, false for BOOL, or the low end of the input's range.
+ */
+function exampleRequest(meta) {
+  const ranges = meta.parameters.ranges || {};
+  return {
+    inputs: meta.inputs.map((input) => {
+      const shape = input.shape.map((d) => (d === -1 ? 1 : d));
+      const count = shape.reduce((a, b) => a * b, 1);
+      const value = input.datatype === "BOOL" ? false : (ranges[input.name] ? ranges[input.name][0] : 0);
+      return { name: input.name, datatype: input.datatype, shape, data: new Array(count).fill(value) };
+    }),
+  };
+}
+
+function parityText(parity) {
+  if (!parity) return null;
+  if (parity.reference === null || parity.reference === undefined) {
+    return "none: a plain ONNX import has no reference to compare with";
+  }
+  return `max |${parity.reference} − onnxruntime| ${Number(parity.max_abs_difference).toExponential(1)}` +
+    ` on the ${parity.data} (tolerance ${Number(parity.tolerance).toExponential(0)})`;
+}
+
+/** The rows of a served model's card: its signature and what the metadata tells of it. */
+function cardRows(meta, versions) {
+  const p = meta.parameters;
+  const ranges = p.ranges || {};
+  const labels = p.labels || {};
+  const lines = (items) => items.map((text) => el("span", { class: "line", text }));
+  const rows = [
+    ["Versions", lines(versions.map((v) => `${v.version} · ${v.state === "READY"
+      ? (v.version === p.version ? "ready, serving" : "ready") : "unavailable"}`))],
+    ["Source", SOURCES[p.source] || p.source],
+    ["Inputs", lines(meta.inputs.map((t) => tensorText(t) +
+      (ranges[t.name] ? ` · range [${ranges[t.name].join(", ")}]` : "")))],
+    ["Outputs", lines(meta.outputs.map(tensorText))],
+  ];
+  const labelled = meta.outputs.filter((o) => Array.isArray(labels[o.name]));
+  if (labelled.length) {
+    rows.push(["Labels", lines(labelled.map((o) => {
+      const names = labels[o.name];
+      const binary = names.length === 2 && o.shape.at(-1) === 1;
+      return `${o.name}: ${names.join(", ")}${binary ? ` (the value is P(${names[1]}))` : ""}`;
+    }))]);
+  }
+  if (p.layers) {
+    rows.push(["Network", [`${meta.inputs[0].shape.at(-1)} inputs`,
+      ...p.layers.map((l) => `${l.units} ${l.activation}`)].join(" → ")]);
+  }
+  const metrics = Object.entries(p.metrics || {});
+  if (metrics.length) {
+    rows.push(["Test metrics", lines(metrics.map(([key, value]) =>
+      `${humanize(key)} ${typeof value === "number" ? value.toFixed(4) : value}`))]);
+  }
+  const parity = parityText(p.parity);
+  if (parity) rows.push(["Parity", parity]);
+  return rows;
+}
+
+/** A textarea for a v2 request prefilled from the metadata, Send, and the answer read-only. */
+function tryPanel(meta) {
+  const name = meta.name;
+  const path = `/v2/models/${encodeURIComponent(name)}/infer`;
+  const id = (what) => `${what}-${name}`;
+  const text = jsonText(exampleRequest(meta));
+  const rows = (value) => String(Math.min(14, Math.max(4, value.split("\n").length + 1)));
+  const request = el("textarea", { id: id("request"), class: "json", spellcheck: "false",
+    autocomplete: "off", rows: rows(text), "aria-describedby": id("request-help") });
+  request.value = text;
+  const answer = el("textarea", { id: id("answer"), class: "json", readonly: "", rows: "6",
+    placeholder: "Send the request to see the answer." });
+  const status = el("span", { class: "try-status", role: "status", id: id("status") });
+  const button = el("button", { type: "button", class: "send" }, "Send",
+    el("span", { class: "sr-only", text: ` to ${name}` }));
+
+  const run = latest(async () => {
+    status.textContent = "Sending…";
+    answer.setAttribute("aria-busy", "true");
+    const started = performance.now();
+    try {
+      const reply = await send("POST", path, request.value);
+      answer.value = jsonText(reply);
+      answer.classList.remove("failed");
+      status.textContent = `Answered in ${Math.round(performance.now() - started)} ms.`;
+    } catch (error) {
+      answer.value = error instanceof ServiceError ? error.message : `Unexpected error: ${error}`;
+      answer.classList.add("failed");
+      status.textContent = "The service answered with an error.";
+    } finally {
+      answer.setAttribute("aria-busy", "false");
+      answer.rows = Number(rows(answer.value));
+    }
+  });
+  button.addEventListener("click", run);
+  request.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      run();
+    }
+  });
+
+  return el("div", { class: "try", role: "group", "aria-labelledby": id("try-title") },
+    el("h4", { id: id("try-title"), text: `Try ${name}` }),
+    el("label", { for: id("request") }, "Request to ", el("code", { text: `POST ${path}` })),
+    request,
+    el("p", { class: "hint", id: id("request-help"), text: "A v2 request made from the model's " +
+      "signature: edit the data (or anything else) and send it. Ctrl+Enter sends too." }),
+    el("div", { class: "row" }, button, status),
+    el("label", { for: id("answer") }, "Answer"),
+    answer);
+}
+
+function modelCard(name, versions, meta, error) {
   const card = el("article", { class: "card", "data-model": name, "aria-labelledby": `model-${name}` });
   const title = el("h3", { id: `model-${name}`, text: name });
-  if (error) {
+  const failed = versions.filter((v) => v.state !== "READY").map((v) =>
+    el("p", { class: "card-error", text: `Version ${v.version} is unavailable: ${v.reason}` }));
+  if (!meta) {
     title.append(" ", el("span", { class: "badge off", text: "unavailable" }));
-    card.append(title, el("p", { class: "card-error", text: error.message }));
+    card.append(title, ...failed);
+    if (error) card.append(el("p", { class: "card-error", text: error.message }));
     return card;
   }
   const p = meta.parameters;
   title.append(" ", el("span", { class: "badge", text: `version ${p.version}` }));
-  const layers = [`${meta.inputs[0].shape.at(-1)} inputs`,
-    ...p.layers.map((l) => `${l.units} ${l.activation}`)].join(" → ");
-  const metrics = Object.entries(p.metrics).map(([key, value]) => el("span", { class: "line",
-    text: `${humanize(key)} ${typeof value === "number" ? value.toFixed(4) : value}` }));
-  const rows = [
-    ["Versions loaded", meta.versions.join(", ")],
-    ["Task", p.task],
-    ["Inputs", meta.inputs.map(tensorText).join("; ")],
-    ["Outputs", meta.outputs.map(tensorText).join("; ")],
-    ["Network", layers],
-    ["Labels", p.labels.join(", ")],
-    ["Test metrics", metrics],
-  ];
   const list = el("dl");
-  for (const [term, content] of rows) {
+  for (const [term, content] of cardRows(meta, versions)) {
     list.append(el("dt", { text: term }), typeof content === "string"
       ? el("dd", { text: content }) : el("dd", {}, ...content));
   }
-  card.append(title, el("p", { class: "description", text: p.description }), list);
+  const about = el("div", { class: "about" }, title);
+  if (p.description) about.append(el("p", { class: "description", text: p.description }));
+  about.append(list, ...failed);
+  card.append(about);
+  if (!PANEL_MODELS.includes(name)) {
+    card.classList.add("tryable");
+    card.append(tryPanel(meta));
+  }
   return card;
 }
 
 async function setUpModels() {
   const cards = document.getElementById("model-cards");
-  const answers = await Promise.allSettled(MODEL_NAMES.map((name) => metadata(name)));
-  cards.replaceChildren(...answers.map((answer, i) => modelCard(MODEL_NAMES[i],
-    answer.status === "fulfilled" ? answer.value : null,
-    answer.status === "rejected" ? answer.reason : null)));
+  const box = document.getElementById("models-error");
+  try {
+    const index = await call("POST", "/v2/repository/index", {});
+    const names = [...new Set(index.map((entry) => entry.name))];
+    cards.replaceChildren(...await Promise.all(names.map(async (name) => {
+      const versions = index.filter((entry) => entry.name === name);
+      if (!versions.some((v) => v.state === "READY")) return modelCard(name, versions, null, null);
+      try {
+        return modelCard(name, versions, await metadata(name), null);
+      } catch (error) {
+        return modelCard(name, versions, null, error);
+      }
+    })));
+    if (!names.length) {
+      cards.replaceChildren(el("p", { class: "hint", text: "The repository holds no model." }));
+      await call("GET", "/v2/health/ready"); // its 503 says why, when it knows
+    }
+  } catch (error) {
+    showError(box, error);
+  } finally {
+    cards.setAttribute("aria-busy", "false");
+  }
   try {
     const server = await call("GET", "/v2");
     document.getElementById("server-name").textContent = `${server.name} ${server.version}`;
