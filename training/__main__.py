@@ -3,6 +3,9 @@
 Each model is fitted, exported to ONNX, checked, and written as the next version of
 models/<name>/ (or --version N). Errors are one line on stderr and exit code 2; a failed
 run leaves the repository as it was.
+
+`python -m training import MODEL_FILE --name NAME ...` imports a Keras, SavedModel or ONNX
+file instead (training/importer.py; `python -m training import --help`).
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import time
 from pathlib import Path
 
 from training import TrainingError, quiet, specs
-
-REPOSITORY = Path(__file__).resolve().parent.parent / "models"
+from training.repository import REPOSITORY
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__.splitlines()[0],
+        epilog="To import a model file instead: python -m training import MODEL_FILE --name NAME "
+               "(see python -m training import --help).",
+    )
     parser.add_argument("models", nargs="*",
                         help=f"built-in model names ({', '.join(specs.builtin_names())}) "
                              "or spec files; default: every built-in model")
@@ -69,6 +75,11 @@ def summary(results) -> str:
 
 @quiet.filtered()  # TensorFlow's C++ start-up and tf.data chatter off the console
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["import"]:
+        from training import importer  # TensorFlow is loaded only for Keras files and SavedModels
+
+        return importer.main(argv[1:])
     args = parse_args(argv)
     try:
         chosen = [specs.load(name) for name in (args.models or specs.builtin_names())]

@@ -31,7 +31,7 @@ import tensorflow as tf
 import tf2onnx
 from tensorflow.core.function.capture import capture_container
 
-from training import TrainingError
+from training import TrainingError, one_line
 from training.data import Dataset
 from training.repository import publish
 
@@ -84,13 +84,6 @@ def to_onnx(call: Callable[..., Mapping], input_specs: Sequence[tf.TensorSpec]) 
     if inputs != expected:
         raise ExportError(f"the exported graph has inputs {inputs}, expected exactly {expected}")
     return graph
-
-
-def one_line(error: BaseException, limit: int = 300) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def onnx_graph(spec: dict, model: keras.Model, preprocessing: dict, features: int) -> onnx.ModelProto:
