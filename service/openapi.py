@@ -107,7 +107,7 @@ SCHEMAS = {
         "outputs": {"description": "the output's values, or an object keyed by output name"}}},
     "ExplainResponse": {"type": "object", "properties": {
         "model_name": {"type": "string"}, "model_version": {"type": "string"},
-        "layers": {"type": "array", "items": {"type": "object"}},
+        "output": {"type": "string"}, "layers": {"type": "array", "items": {"type": "object"}},
         "explanations": {"type": "array", "items": {"type": "object", "properties": {
             "activations": {"type": "object"}, "prediction": {"type": "array"},
             "label": {"type": "string"}, "label_probability": {"type": "number"},
@@ -137,11 +137,14 @@ def document() -> dict:
             "description": "text exposition format",
             "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/v2/repository/index": {"post": {
-            "summary": "every model version in the repository and its state (READY or UNAVAILABLE)",
+            "summary": "every model version in the repository and its state (READY or UNAVAILABLE); "
+                       "the body {\"ready\": true} lists the loaded versions only",
+            "requestBody": {"required": False, "content": {JSON: {"schema": {
+                "type": "object", "properties": {"ready": {"type": "boolean"}}}}}},
             "responses": {"200": _json({"type": "array", "items": {"type": "object", "properties": {
                 "name": {"type": "string"}, "version": {"type": "string"},
                 "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]},
-                "reason": {"type": "string"}}}}, "the index")}}},
+                "reason": {"type": "string"}}}}, "the index"), "400": ERRORS["400"]}}},
         "/openapi.json": {"get": {"summary": "this document", "responses": {
             "200": _json({"type": "object"}, "OpenAPI 3 document")}}},
     }

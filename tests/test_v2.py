@@ -218,3 +218,12 @@ def test_json_input_binary_output(client, cases, name):
     assert response.status_code == 200, response.get_data()
     outputs = binary_outputs(response)
     assert_close(outputs[case.output_name].astype(np.float64), case.expected)
+
+
+def test_repository_index_lists_every_version_and_filters_the_ready_ones(client):
+    everything = client.post("/v2/repository/index").get_json()
+    assert {(e["name"], e["version"], e["state"]) for e in everything} == {
+        (name, "1", "READY") for name in MODEL_NAMES}
+    assert client.post("/v2/repository/index", json={"ready": True}).get_json() == everything
+    refused = client.post("/v2/repository/index", json={"ready": "yes"})
+    assert refused.status_code == 400 and "'ready'" in refused.get_json()["error"]

@@ -151,6 +151,7 @@ def encode_explain(response: InferenceResponse, activations: list[np.ndarray]) -
     return {
         "model_name": model.name,
         "model_version": str(model.version),
+        "output": forward["output"],  # the output that `prediction` and the last layer reproduce
         "layers": [{"a": f"a{number}", **layer} for number, layer in enumerate(forward["layers"], start=1)],
         "explanations": explanations,
     }

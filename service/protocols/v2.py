@@ -6,6 +6,8 @@ from flask import Blueprint, Response, request
 
 from service import __version__
 from service.codecs import v2 as codec
+from service.codecs.json import parse_object
+from service.errors import BadRequest
 from service.protocols.common import body, check_content_type, json_response, plane, resolve
 
 blueprint = Blueprint("v2", __name__)
@@ -38,12 +40,19 @@ def ready():
 
 @blueprint.post("/v2/repository/index")
 def repository_index():
-    """Every version in the repository and its state (Triton's model repository extension)."""
+    """Every version in the repository and its state (Triton's model repository extension);
+    `{"ready": true}` lists the loaded ones only."""
+    raw = body()
+    document = parse_object(raw) if raw.strip() else {}
+    ready_only = document.get("ready", False)
+    if not isinstance(ready_only, bool):
+        raise BadRequest("field 'ready' must be true or false")
     models = plane().registry
     return json_response([
         {"name": name, "version": str(version), "state": "READY" if reason is None else "UNAVAILABLE",
          "reason": reason or ""}
         for name in models.names() for version, reason in models.status(name).items()
+        if reason is None or not ready_only
     ])
 
 
@@ -62,7 +71,7 @@ def model_metadata(name: str, version: str | None = None):
         "parameters": {
             "version": str(model.version),
             "description": card.description,
-            "source": card.source,
+            "source": card.raw.get("source") or {"kind": card.source, "file": None},
             "features": card.raw["inputs"][0].get("features") if card.table_features else None,
             "ranges": {spec.name: list(spec.range) for spec in card.inputs if spec.range},
             "labels": {spec.name: list(spec.labels) for spec in card.outputs if spec.labels},
