@@ -501,7 +501,9 @@ def test_every_model_of_the_repository_is_listed_with_its_signature(page, mixed,
         card = page.locator(f'.card[data-model="{name}"]')
         expect(card.get_by_role("heading", level=3)).to_have_text(f"{name} version {parameters['version']}")
         expect(card).to_contain_text(parameters["description"])
-        expect(card).to_contain_text(SOURCES[parameters["source"]])
+        source = parameters["source"]
+        named = f" ({source['file']})" if source["file"] else ""
+        expect(card).to_contain_text(SOURCES[source["kind"]] + named)
         for tensor in meta["inputs"] + meta["outputs"]:
             expect(card).to_contain_text(tensor_text(tensor))
         for output, labels in parameters["labels"].items():

@@ -753,7 +753,7 @@ function cardRows(meta, versions) {
   const rows = [
     ["Versions", lines(versions.map((v) => `${v.version} · ${v.state === "READY"
       ? (v.version === p.version ? "ready, serving" : "ready") : "unavailable"}`))],
-    ["Source", SOURCES[p.source] || p.source],
+    ["Source", (SOURCES[p.source.kind] || p.source.kind) + (p.source.file ? ` (${p.source.file})` : "")],
     ["Inputs", lines(meta.inputs.map((t) => tensorText(t) +
       (ranges[t.name] ? ` · range [${ranges[t.name].join(", ")}]` : "")))],
     ["Outputs", lines(meta.outputs.map(tensorText))],
