@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PORT ?= 8000
 
-.PHONY: serve test train lint clean container-test bench soak audit
+.PHONY: serve test train import lint clean container-test bench soak audit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ serve: $(VENV)/.serve-installed
 
 train: $(VENV)/.dev-installed
 	$(BIN)/python -m training --reports reports $(MODELS)
+
+# make import MODEL=path/to/model.keras NAME=name [ARGS="--labels out=a,b --version 3"]
+import: $(VENV)/.dev-installed
+	$(BIN)/python -m training import "$(MODEL)" --name "$(NAME)" $(ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
