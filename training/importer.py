@@ -631,7 +631,8 @@ def reference_outputs(loaded: Loaded, feeds: dict[str, np.ndarray]) -> dict[str,
             with quiet_python_logs():
                 answer = loaded.call(*chunk)
             for name in parts:
-                parts[name].append(np.asarray(answer[name]))
+                value = answer[name]
+                parts[name].append(value.numpy() if hasattr(value, "numpy") else np.asarray(value))
     except Exception as error:
         raise ImportRefused(f"{loaded.path.name}: the model fails on the comparison inputs "
                             f"({one_line(error)}); give a --sample") from None
