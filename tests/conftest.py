@@ -196,3 +196,13 @@ def server():
         return
     with gunicorn() as running:
         yield running.url
+
+
+@pytest.fixture(scope="session")
+def imported(tmp_path_factory):
+    """Keras models of several kinds (tests/imported.py) imported with `python -m training import`
+    into a temporary repository: {name: Imported(path, inputs, outputs, model)}, where `outputs` are
+    Keras' own answers on `inputs`."""
+    from tests.imported import import_all
+
+    return import_all(tmp_path_factory.mktemp("imported") / "models")
