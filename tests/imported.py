@@ -147,12 +147,16 @@ def save(model, folder: Path, fmt: str) -> Path:
         path = folder / f"{model.name}.keras"
         model.save(path)
     elif fmt == "h5":
-        import warnings
+        import logging
 
         path = folder / f"{model.name}.h5"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        absl = logging.getLogger("absl")
+        level = absl.level
+        absl.setLevel(logging.ERROR)  # Keras logs that HDF5 is a legacy format: we know
+        try:
             model.save(path)
+        finally:
+            absl.setLevel(level)
     elif fmt == "savedmodel":
         path = folder / f"{model.name}_savedmodel"
         model.export(path, verbose=False)

@@ -39,6 +39,12 @@ Normalization layer, recorded as the card's `rescale` or `standardize` preproces
 training/fit.py records a trained model's; it is checked with service.forward.Network against
 onnxruntime before anything is published.
 
+The card (docs/card.md) records source {"kind": "keras" (whatever TensorFlow ran: .keras, .h5,
+SavedModel) or "onnx", "file": the file's name, "format": keras, h5, savedmodel or onnx}, the
+signature in graph order (a `range` for integer inputs that feed an Embedding), --labels per
+output, parity (with the rule and each output's difference), the sha256 of every file, the
+libraries used, the opset and the time.
+
 Every refusal is one line on stderr, `error: ...`, and exit code 2; the repository is left as
 it was.
 """
@@ -142,10 +148,10 @@ class Loaded:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training import",
-        description="Import a Keras (.keras, .h5), SavedModel or ONNX model file as the next "
-                    "version of a model in the repository: exported to ONNX (opset 17) through "
-                    "the built-in models' export, compared with onnxruntime, then written with "
-                    "its card (docs/card.md).",
+        description="Import a Keras (.keras, .h5), SavedModel or ONNX model file as the next version\n"
+                    "of a model in the repository: exported to ONNX (opset 17) through the built-in\n"
+                    "models' export, compared with onnxruntime, then written with its card\n"
+                    "(docs/card.md).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", metavar="MODEL_FILE", type=Path,
@@ -171,7 +177,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="one line for people (default: 'Imported from MODEL_FILE.')")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, metavar="FLOAT",
                         help=f"largest |model - onnxruntime| allowed, times max(1, largest "
-                             f"|output|) (default: {TOLERANCE:g}, see below)")
+                             f"|output|) (default: {TOLERANCE:.0e}, see below)")
     return parser.parse_args(argv)
 
 
@@ -181,7 +187,7 @@ generated inputs (without --sample): {ROWS} rows, seed {SEED}; floats standard n
   uniform in [0, input_dim), other integers uniform in [0, {OTHER_INTEGERS}); booleans a fair coin;
   each dynamic dimension other than the first is {DYNAMIC}.
 tolerance: every output must satisfy |model - onnxruntime| <= tolerance x max(1, largest
-  |model output|). The default {TOLERANCE:g} is ten times the built-in models' bound: deeper
+  |model output|). The default {TOLERANCE:.0e} is ten times the built-in models' bound: deeper
   networks sum in float32 in another order (measured: 1e-7 to 1e-6), while a wrong conversion
   differs by 1e-2 or more. Above it nothing is written and the exit code is 2.
 a plain .onnx file is checked (onnx.checker, onnxruntime) and copied; it has no reference to
@@ -346,22 +352,20 @@ def keras_tensor(path: Path, role: str, name: str, tensor, bounds=None) -> Tenso
 
 
 def embedding_ranges(model, tensors) -> dict[int, tuple[int, int]]:
-    """[0, input_dim - 1] for each integer model input that an Embedding layer reads directly."""
+    """[0, input_dim - 1] for each integer model input an Embedding layer reads directly (the
+    smallest vocabulary when several do), keyed by the input tensor's id."""
     import keras
 
     ranges: dict[int, tuple[int, int]] = {}
+    embeddings = [layer for layer in model.layers if isinstance(layer, keras.layers.Embedding)]
     for tensor in tensors:
-        if keras.backend.standardize_dtype(tensor.dtype) not in DATATYPES or \
-                np.dtype(keras.backend.standardize_dtype(tensor.dtype)).kind not in "iu":
+        dtype = keras.backend.standardize_dtype(tensor.dtype)
+        if dtype not in DATATYPES or np.dtype(dtype).kind not in "iu":
             continue
-        for layer in model.layers:
-            if not isinstance(layer, keras.layers.Embedding):
-                continue
-            for node in getattr(layer, "_inbound_nodes", []):
-                if any(x is tensor for x in node.input_tensors):
-                    high = int(layer.input_dim) - 1
-                    low, old_high = ranges.get(id(tensor), (0, high))
-                    ranges[id(tensor)] = (0, min(high, old_high))
+        for layer in embeddings:
+            if any(x is tensor for node in layer._inbound_nodes for x in node.input_tensors):
+                high = int(layer.input_dim) - 1
+                ranges[id(tensor)] = (0, min(high, ranges.get(id(tensor), (0, high))[1]))
     return ranges
 
 
@@ -434,11 +438,10 @@ def load_onnx(path: Path) -> Loaded:
         if node.type not in ORT_TYPES:
             raise ImportRefused(f"{path.name}: {role} {node.name!r} has type {node.type}, which the "
                                 f"card cannot declare ({', '.join(DATATYPES.values())})")
-        shape = node.shape if isinstance(node.shape, list) else []
         if not isinstance(node.shape, list):
             raise ImportRefused(f"{path.name}: {role} {node.name!r} has no known rank")
         return Tensor(node.name, np.dtype(ORT_TYPES[node.type]),
-                      tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape))
+                      tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape))
 
     inputs = [tensor("input", node) for node in session.get_inputs()]
     outputs = [tensor("output", node) for node in session.get_outputs()]
