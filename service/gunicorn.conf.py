@@ -1,9 +1,10 @@
-"""gunicorn settings for the service: `gunicorn -c service/gunicorn.conf.py "service:create_app()"`.
+"""gunicorn settings for the service, from service.settings.Settings (SERVING_* variables).
 
-Each worker loads its own onnxruntime sessions (no preload), one worker per core by default.
-Override with SERVING_WORKERS, SERVING_THREADS, SERVING_WORKER_CLASS, SERVING_BIND, SERVING_TIMEOUT.
-Sync workers are the default: in `make bench`, gthread workers (keep-alive) matched their
-requests/s but had a worse and less stable p99 (see README, Performance).
+`python -m service` runs gunicorn with this file behind nginx, bound to a unix socket; run
+alone (`gunicorn -c service/gunicorn.conf.py`), it binds SERVING_BIND. Each worker loads its own
+onnxruntime sessions (no preload), one worker per core by default. Sync workers are the
+default: in `make bench`, gthread workers (keep-alive) matched their requests/s but had a worse
+and less stable p99 (see README, Performance); behind nginx, keep-alive is nginx's job.
 """
 
 import os
@@ -11,17 +12,19 @@ import shutil
 import tempfile
 
 from service.access_log import JsonAccessLogger
+from service.settings import Settings
 
-bind = os.environ.get("SERVING_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("SERVING_WORKERS", os.cpu_count() or 1))
-threads = int(os.environ.get("SERVING_THREADS", "1"))
-worker_class = os.environ.get("SERVING_WORKER_CLASS", "gthread" if threads > 1 else "sync")
-timeout = int(os.environ.get("SERVING_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("SERVING_GRACEFUL_TIMEOUT", "30"))
+settings = Settings.load()
+bind = settings.bind
+workers = settings.workers
+threads = settings.threads
+worker_class = "gthread" if settings.threads > 1 else settings.worker_class
+timeout = settings.timeout
+graceful_timeout = settings.graceful_timeout
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
-loglevel = os.environ.get("SERVING_LOG_LEVEL", "info")
+loglevel = settings.log_level
 logger_class = JsonAccessLogger
 wsgi_app = "service:create_app()"
 
@@ -41,4 +44,3 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-

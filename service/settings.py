@@ -1,15 +1,29 @@
-"""Settings: defaults, then SERVING_* environment variables, then the mapping given to create_app."""
+"""Settings: defaults, then SERVING_* environment variables, then the mapping given to create_app.
+
+One place for every process: the app, gunicorn's config (service/gunicorn.conf.py) and the
+front door (service/__main__.py, which starts nginx and gunicorn) all read `Settings.load()`.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 PREFIX = "SERVING_"
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
+# The allowed values of the settings that are words; other text settings are checked by pattern.
+CHOICES = {
+    "log_level": ("debug", "info", "warning", "error", "critical"),
+    "worker_class": ("sync", "gthread"),
+    "front_door": ("nginx", "none"),
+}
+PATTERNS = {
+    "bind": (re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}"), "HOST:PORT"),
+    "nginx": (re.compile(r"[^\s;{}]+"), "a path or command name"),
+}
 
 
 @dataclass(frozen=True)
@@ -20,6 +34,17 @@ class Settings:
     intra_op_threads: int = 1  # one gunicorn worker per core: onnxruntime needs no more
     inter_op_threads: int = 1
     log_level: str = "info"
+    # The processes (see README, Configuration).
+    bind: str = "0.0.0.0:8000"  # where clients connect: the front door, or gunicorn without one
+    front_door: str = "nginx"  # nginx buffers clients in front of gunicorn; none: gunicorn alone
+    nginx: str = "nginx"  # the nginx program
+    client_timeout: int = 10  # seconds a client may take to send headers or body, or to read
+    keepalive_timeout: int = 75  # seconds an idle kept-alive connection stays open
+    workers: int = os.cpu_count() or 1
+    threads: int = 1  # above 1, gunicorn's gthread workers
+    worker_class: str = "sync"
+    timeout: int = 30  # gunicorn kills a worker silent for this long
+    graceful_timeout: int = 30  # seconds to finish requests on SIGTERM
 
     @classmethod
     def load(cls, overrides: Mapping | None = None, environ: Mapping | None = None) -> Settings:
@@ -37,18 +62,23 @@ class Settings:
 
 
 def _convert(name: str, value, kind: str):
-    try:
-        if kind == "Path":
-            return Path(value)
-        if kind == "int":
+    if kind == "Path":
+        return Path(value)
+    if kind == "int":
+        try:
             number = int(value)
-            if number < 1:
-                raise ValueError
-            return number
-        level = str(value).lower()
-        if level not in LOG_LEVELS:
-            raise ValueError
-        return level
-    except (TypeError, ValueError):
-        expected = "one of " + ", ".join(LOG_LEVELS) if kind == "str" else "a positive integer"
-        raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be {expected}") from None
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1:
+            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be a positive integer")
+        return number
+    if name in CHOICES:
+        word = str(value).lower()
+        if word not in CHOICES[name]:
+            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be one of "
+                             + ", ".join(CHOICES[name]))
+        return word
+    pattern, expected = PATTERNS[name]
+    if not pattern.fullmatch(str(value)):
+        raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be {expected}")
+    return str(value)

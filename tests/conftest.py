@@ -140,13 +140,13 @@ def wait_until_ready(url: str, process: subprocess.Popen, seconds: float = 60) -
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}")
+            raise RuntimeError(f"the server exited with {process.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/v2/health/live", timeout=1):
                 return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"gunicorn did not answer on {url} within {seconds} s")
+    raise RuntimeError(f"the server did not answer on {url} within {seconds} s")
 
 
 class Server(NamedTuple):
@@ -166,16 +166,27 @@ class Server(NamedTuple):
 @contextlib.contextmanager
 def gunicorn(repository: Path = MODELS, workers: int = 2, **environment):
     """A real gunicorn, with the project's config, on a free loopback port; yields a Server."""
+    command = [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "service" / "gunicorn.conf.py")]
+    with _serving(command, repository, workers, environment) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def front_door(repository: Path = MODELS, workers: int = 2, **environment):
+    """The service as `make serve` runs it (`python -m service`: nginx in front of gunicorn)."""
+    with _serving([sys.executable, "-m", "service"], repository, workers, environment) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _serving(command: list[str], repository: Path, workers: int, environment: dict):
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
     env.update({"SERVING_MODEL_REPOSITORY": str(repository), "SERVING_WORKERS": str(workers),
                 "SERVING_BIND": f"127.0.0.1:{port}", **environment})
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "service" / "gunicorn.conf.py")],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_until_ready(url, process)
             yield Server(url, process, log)

@@ -1,0 +1,116 @@
+"""python -m service: the front door (nginx) and gunicorn, started, watched and stopped together.
+
+nginx listens on SERVING_BIND and passes whole requests to gunicorn over a unix socket in a
+private runtime folder; gunicorn's sync workers never wait on a client. SIGTERM or SIGINT stops
+both gracefully (nginx finishes its connections, gunicorn its requests); SIGHUP reloads
+gunicorn's workers, which load the model repository afresh. When either process dies, the
+other is stopped and the exit code says so. SERVING_FRONT_DOOR=none runs gunicorn alone on
+SERVING_BIND (behind a buffering proxy of your own).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from service import nginx
+from service.settings import Settings
+
+GUNICORN_CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"
+STARTUP_SECONDS = 120  # gunicorn's workers load every model before the socket answers
+
+
+def gunicorn_command(*bind: str) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONFIG), *bind]
+
+
+def find_nginx(program: str) -> str | None:
+    # Debian installs nginx in /usr/sbin, which is not on an ordinary user's PATH.
+    return shutil.which(program) or shutil.which(program, path="/usr/sbin:/usr/local/sbin")
+
+
+def wait_for_socket(path: Path, process: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def main() -> int:
+    try:
+        settings = Settings.load()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if settings.front_door == "none":
+        os.execv(sys.executable, gunicorn_command())
+    program = find_nginx(settings.nginx)
+    if program is None:
+        print(f"error: {settings.nginx} is not installed: install Debian's nginx-light "
+              "(apt-get install nginx-light), or set SERVING_FRONT_DOOR=none to run gunicorn "
+              "alone behind a buffering proxy of your own", file=sys.stderr)
+        return 2
+
+    runtime = Path(tempfile.mkdtemp(prefix="serving-"))
+    socket = runtime / "gunicorn.sock"
+    config = runtime / "nginx.conf"
+    text = nginx.render(settings, runtime, socket)
+    if os.geteuid() == 0:  # nginx would hand its workers to `nobody`, who cannot reach the socket
+        text = "user root root;\n" + text
+    config.write_text(text)
+    children: dict[str, subprocess.Popen] = {}
+    stopping = False
+
+    def forward(signum, _frame):
+        nonlocal stopping
+        if signum == signal.SIGHUP:
+            if "gunicorn" in children:
+                children["gunicorn"].send_signal(signal.SIGHUP)
+            return
+        stopping = True
+        for name, child in children.items():
+            if child.poll() is None:  # nginx stops gracefully on SIGQUIT, gunicorn on SIGTERM
+                child.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    try:
+        children["gunicorn"] = subprocess.Popen(gunicorn_command("--bind", f"unix:{socket}"))
+        if not wait_for_socket(socket, children["gunicorn"]):
+            print("error: gunicorn did not start; see its log above", file=sys.stderr)
+            forward(signal.SIGTERM, None)
+            return 1
+        if not stopping:
+            children["nginx"] = subprocess.Popen(
+                [program, "-c", str(config), "-p", str(runtime), "-e", "stderr", "-g", "daemon off;"])
+        return watch(children, lambda: stopping, forward)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.kill()
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def watch(children: dict[str, subprocess.Popen], stopping, stop) -> int:
+    """Until both have exited: when one dies unasked, stop the other; 0 only for a clean stop."""
+    failed = None
+    while any(child.poll() is None for child in children.values()):
+        for name, child in children.items():
+            if child.poll() is not None and not stopping() and failed is None:
+                failed = name
+                print(f"error: {name} exited with code {child.returncode}; stopping", file=sys.stderr)
+                stop(signal.SIGTERM, None)
+        time.sleep(0.1)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

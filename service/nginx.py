@@ -1,0 +1,90 @@
+"""The front door's nginx configuration, written from the settings.
+
+nginx reads whole requests (headers and body) before gunicorn sees them and writes whole
+answers on gunicorn's behalf, so a slow, idle or never-reading client holds an nginx
+connection (cheap, event-driven), never a sync worker. Clients are cut off after
+`client_timeout` seconds without progress; kept-alive connections after `keepalive_timeout`.
+nginx's own errors are JSON like the service's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from service.settings import Settings
+
+# nginx's own answers, as the JSON errors the API promises ({"error": "..."}).
+ERRORS = {
+    400: "malformed HTTP request",
+    404: "no such route",
+    408: "the client sent the request too slowly",
+    413: "request body is larger than the configured limit",
+    414: "request line is too long",
+    494: "request headers are too large",
+    500: "internal error (front door)",
+    502: "the service is not answering",
+    503: "the service is not answering",
+    504: "the service did not answer in time",
+}
+# 494 is nginx's own code for oversized headers; clients get a 400 (nginx's answer, too).
+CLIENT_STATUS = {494: 400}
+ERROR_PAGES = "/.front-door-errors/"
+
+
+def listen_directive(bind: str) -> str:
+    host, _, port = bind.rpartition(":")
+    if host in ("", "0.0.0.0", "*"):
+        return f"listen {port};"
+    return f"listen {host}:{port};"
+
+
+def render(settings: Settings, runtime: Path, upstream: Path) -> str:
+    """nginx.conf for a runtime folder (pid, temporary files) and gunicorn's unix socket."""
+    # URIs, not named locations: nginx cannot redirect a request whose line it could not parse
+    # to a named location. `internal`: clients cannot ask for them.
+    pages = "\n".join(
+        f"        error_page {code} {ERROR_PAGES}{code};\n"
+        f"        location = {ERROR_PAGES}{code} {{ internal; default_type application/json; "
+        f"return {CLIENT_STATUS.get(code, code)} '{json.dumps({'error': message})}'; }}"
+        for code, message in ERRORS.items())
+    timeout = settings.client_timeout
+    return f"""# Written by service/nginx.py at start; edits are lost.
+worker_processes 1;
+pid {runtime}/nginx.pid;
+error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;  # gunicorn writes the JSON access log, with the request id
+    server_tokens off;
+    client_body_temp_path {runtime}/client-body;
+    proxy_temp_path {runtime}/proxy;
+    fastcgi_temp_path {runtime}/fastcgi;
+    uwsgi_temp_path {runtime}/uwsgi;
+    scgi_temp_path {runtime}/scgi;
+    client_header_timeout {timeout}s;
+    client_body_timeout {timeout}s;
+    send_timeout {timeout}s;
+    keepalive_timeout {settings.keepalive_timeout}s;
+    keepalive_requests 100000;
+    client_max_body_size {settings.max_body_bytes};
+    client_body_buffer_size 1m;  # larger bodies wait in a temporary file, not in gunicorn
+    proxy_request_buffering on;
+    proxy_buffering on;
+    proxy_buffers 64 16k;
+    proxy_read_timeout {settings.timeout + 5}s;
+    proxy_http_version 1.0;  # sync workers close every connection: no upstream keep-alive
+    upstream service {{ server unix:{upstream}; }}
+    server {{
+        {listen_directive(settings.bind)}
+        location / {{
+            proxy_pass http://service;
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header Connection "";
+        }}
+{pages}
+    }}
+}}
+"""
