@@ -37,9 +37,10 @@ CMD ["--repository", "/app/models", "--reports", "/app/reports"]
 
 # --- the serving image ----------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS serve
-# tini is PID 1: it forwards SIGTERM to gunicorn (graceful stop) and reaps zombies.
+# tini is PID 1: it forwards SIGTERM to python -m service, which stops nginx and gunicorn
+# gracefully, and reaps zombies. nginx is the front door that buffers slow clients.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends tini \
+ && apt-get install -y --no-install-recommends tini nginx-light \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin serving
@@ -58,4 +59,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["gunicorn", "--config", "/app/service/gunicorn.conf.py"]
+CMD ["python3", "-m", "service"]

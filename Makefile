@@ -19,8 +19,10 @@ $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) -e ".[serve,train,dev]"
 	touch $@
 
+# nginx in front of gunicorn (python -m service); scripts/system-packages.sh installs nginx when missing.
 serve: $(VENV)/.serve-installed
-	$(BIN)/gunicorn --config service/gunicorn.conf.py --bind 0.0.0.0:$(PORT) "service:create_app()"
+	bash scripts/system-packages.sh nginx-light=nginx
+	SERVING_BIND=0.0.0.0:$(PORT) $(BIN)/python -m service
 
 train: $(VENV)/.dev-installed
 	$(BIN)/python -m training --reports reports $(MODELS)
@@ -39,7 +41,9 @@ $(VENV)/checkov/bin/checkov: deploy/checkov-constraints.txt | $(BIN)/python
 		-c deploy/checkov-constraints.txt checkov
 	touch $@
 
+# The tests need nginx (the front door) and Chromium (the page): installed when missing.
 test: lint $(VENV)/checkov/bin/checkov
+	bash scripts/system-packages.sh nginx-light=nginx chromium=chromium
 	$(BIN)/python -m pytest
 
 clean:

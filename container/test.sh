@@ -68,12 +68,13 @@ echo "ready ${ready_seconds} s after compose up, at $url"
 container=$(podman ps --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}' | head -1)
 podman healthcheck run "$container" 2>/dev/null && echo "HEALTHCHECK passes"
 
-echo "== served parity against the container"
-SERVING_TEST_URL="$url" "$BIN/python" -m pytest -q -p no:cacheprovider tests/test_parity_served.py
+echo "== served parity, and slow and idle clients, against the container"
+SERVING_TEST_URL="$url" "$BIN/python" -m pytest -q -p no:cacheprovider tests/test_parity_served.py \
+  tests/test_slow_clients.py
 
 echo "== not root, read-only"
-users=$(podman top "$container" user args | awk '/gunicorn/ {print $1}' | sort -u)
-echo "gunicorn runs as: $users"
+users=$(podman top "$container" user args | awk '/gunicorn|nginx/ {print $1}' | sort -u)
+echo "gunicorn and nginx run as: $users"
 [ -n "$users" ] && ! grep -qx root <<<"$users"
 [ "$(podman inspect "$container" --format '{{.HostConfig.ReadonlyRootfs}}')" = true ]
 if podman exec "$container" touch /app/probe 2>/dev/null; then echo "root filesystem is writable" >&2; exit 1; fi
@@ -98,6 +99,7 @@ curl -fsS "$broken/v1/models/digits" | grep -q sha256
 echo "== graceful stop"
 podman stop -t 30 "$container" >/dev/null
 podman logs "$container" 2>&1 | grep -q "Shutting down: Master"
-echo "SIGTERM reached gunicorn through tini; it shut down gracefully"
+[ "$(podman inspect "$container" --format '{{.State.ExitCode}}')" = 0 ]
+echo "SIGTERM reached nginx and gunicorn through tini; both stopped gracefully"
 
 echo "container-test passed: image $(( size / 1000000 )) MB, build ${build_seconds} s, ready ${ready_seconds} s"

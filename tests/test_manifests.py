@@ -290,7 +290,8 @@ def test_image_user_and_port_are_what_the_manifests_assume():
     assert re.search(rf"^EXPOSE {PORT}$", serve, re.M)
     assert f"SERVING_BIND=0.0.0.0:{PORT}" in serve
     assert "SERVING_MODEL_REPOSITORY=/models" in serve
-    assert '"/usr/bin/tini", "--"' in serve  # SIGTERM reaches gunicorn, which drains
+    assert '"/usr/bin/tini", "--"' in serve  # SIGTERM reaches python -m service, which drains
+    assert 'CMD ["python3", "-m", "service"]' in serve  # nginx in front of gunicorn
 
 
 def test_rollout_never_drops_below_the_desired_replicas(rendered):
