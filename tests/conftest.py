@@ -162,6 +162,16 @@ class Server(NamedTuple):
         found = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
         return sorted(int(pid) for pid in found.stdout.split())
 
+    def descendants(self) -> list[int]:
+        """Every process below the one started (the front door's nginx and gunicorn, their workers)."""
+        found, parents = [], [self.process.pid]
+        while parents:
+            children = subprocess.run(["pgrep", "-P", ",".join(map(str, parents))],
+                                      capture_output=True, text=True).stdout.split()
+            parents = [int(pid) for pid in children]
+            found += parents
+        return sorted(found)
+
 
 @contextlib.contextmanager
 def gunicorn(repository: Path = MODELS, workers: int = 2, **environment):

@@ -5,14 +5,17 @@ slashes with a foreign Host, and the 405 that /openapi.json must document."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import time
 from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 
 from service import forward
-from tests.conftest import gunicorn, latest_version
+from tests.conftest import front_door, gunicorn, latest_version
 
 ROW = [25.0, 7.5, 2500.0, 5.5]
 GOOD = json.dumps({"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": ROW}]})
@@ -109,3 +112,56 @@ def test_openapi_documents_the_405_of_a_verb_asked_with_get(client):
     operation = client.get("/openapi.json").get_json()["paths"]["/v1/models/{name}/versions/{version}"]["get"]
     assert "405" in operation["responses"]
     assert client.get("/v1/models/demand/versions/1:predict").status_code == 405
+
+
+# --- the front door itself: nginx in front of gunicorn, as `make serve` and the image run it -----
+
+@pytest.fixture(scope="module")
+def nginx_door():
+    with front_door(workers=1, SERVING_MAX_BODY_BYTES=str(LIMIT)) as running:
+        yield running
+
+
+@pytest.mark.parametrize(("raw", "status", "message"), [
+    (b"GARBAGE\r\n\r\n", 400, "malformed"),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "too long"),
+    (b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 400, "headers are too large"),
+    (b"POST /v2/models/demand/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
+     "malformed"),
+    (b"POST /v2/models/demand/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413, "limit"),
+    (b"GET /.front-door-errors/400 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "no such route"),
+], ids=["garbage", "long-line", "big-header", "bad-chunk", "too-large", "error-page-itself"])
+def test_the_front_doors_own_errors_are_json(nginx_door, raw, status, message):
+    answer_status, headers, body = exchange(nginx_door.url, raw)
+    assert answer_status == status, body
+    assert headers["Content-Type"] == "application/json"
+    assert message in json.loads(body)["error"]
+
+
+def test_keep_alive_answers_many_requests_on_one_connection(nginx_door):
+    address = urlsplit(nginx_door.url)
+    request = (f"POST /v2/models/demand/infer HTTP/1.1\r\nHost: localhost\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(GOOD)}\r\n\r\n{GOOD}").encode()
+    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+        stream = connection.makefile("rb")
+        for _ in range(20):
+            connection.sendall(request)
+            status_line = stream.readline()
+            assert status_line.startswith(b"HTTP/1.1 200"), status_line
+            length = 0
+            while (line := stream.readline()) != b"\r\n":
+                name, _, value = line.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+                assert not (name.lower() == "connection" and "close" in value.lower())
+            assert json.loads(stream.read(length))["outputs"][0]["name"] == "probability"
+
+
+def test_sigterm_stops_nginx_and_gunicorn_gracefully():
+    with front_door(workers=1) as running:
+        children = running.descendants()
+        assert len(children) >= 4  # nginx master and worker, gunicorn master and worker
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(timeout=40) == 0
+        time.sleep(0.5)
+        assert not [pid for pid in children if os.path.exists(f"/proc/{pid}")]
