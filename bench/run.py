@@ -1,8 +1,11 @@
-"""make bench: the service against the onnxruntime floor and a bare Flask baseline, in one run.
+"""make bench: the service against onnxruntime and a bare Flask baseline; an imported image model.
 
 Both servers run under gunicorn on loopback and are driven by wrk, one scenario at a time,
-baseline and service alternating so that both see the same machine. Prints one table and
-writes bench/results.json and bench/results.png. About three minutes on 2 cores.
+baseline and service alternating so that both see the same machine. Then an imported
+convolutional network (MobileNetV3Small, 96x96x3, batch 32) against its own onnxruntime floor
+(bench/image.py). Prints one table and writes bench/results.json and bench/results.png. About
+four minutes on 2 cores; `--only-image` runs the image part alone (about a minute and a half)
+and updates its key of results.json.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
+
+from bench import image
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -90,8 +96,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def digits_answer(url: str, log: Path) -> bool:
+    """The default readiness test: the digits model answers."""
+    try:
+        urllib.request.urlopen(f"{url}/v2/models/digits/infer", data=v2_json(digits_rows(1)),
+                               timeout=2).read()
+        return True
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
-def gunicorn(arguments: list[str], environment: dict, log: Path):
+def gunicorn(arguments: list[str], environment: dict, log: Path,
+             ready: Callable[[str, Path], bool] = digits_answer):
+    """A gunicorn on a free loopback port, yielded once ready(url, log) is true."""
     port = free_port()
     env = {**os.environ, **environment, "SERVING_BIND": f"127.0.0.1:{port}"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -102,15 +120,11 @@ def gunicorn(arguments: list[str], environment: dict, log: Path):
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/v2/models/digits/infer", data=v2_json(
-                        digits_rows(1)), timeout=2).read()
-                    break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"gunicorn did not start; see {log}") from None
-                    time.sleep(0.2)
+            while not ready(url, log):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
+                    raise RuntimeError("gunicorn did not start: " + " | ".join(tail))
+                time.sleep(0.2)
             yield url, process
         finally:
             process.terminate()
@@ -225,13 +239,29 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["scenarios"]
+    rows = results.get("scenarios", [])
+    picture = results.get("image_model")
+    panels = [kind for kind, present in (("digits", rows), ("image", picture)) if present]
+    if not panels:
+        return
+    figure, axes = plt.subplots(1, len(panels), figsize=(13 + 4 * (len(panels) - 1), 5), squeeze=False,
+                                gridspec_kw={"width_ratios": [3 if p == "digits" else 1 for p in panels]})
+    for axis, panel in zip(axes[0], panels, strict=True):
+        if panel == "digits":
+            plot_digits(axis, rows)
+        else:
+            plot_image(axis, picture)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_digits(axis, rows: list[dict]) -> None:
     labels = [f"{r['protocol']}\n{r['rows']} rows c={r['c']}" + (" rnd" if r["data"] == "random" else "")
               for r in rows]
     service = [r["service"]["requests_per_s"] * r["rows"] for r in rows]
     baseline = [r["baseline_figures"]["requests_per_s"] * r["rows"] if r.get("baseline_figures") else 0
                 for r in rows]
-    figure, axis = plt.subplots(figsize=(13, 5))
     positions = np.arange(len(rows))
     axis.bar(positions - 0.2, service, 0.4, label="service")
     axis.bar(positions + 0.2, baseline, 0.4, label="baseline (bare Flask, v2 JSON)")
@@ -240,25 +270,30 @@ def plot(results: dict, path: Path) -> None:
     axis.set_xticks(positions, labels, fontsize=7, rotation=35, ha="right")
     axis.legend()
     axis.set_title("digits model, 2 gunicorn workers, wrk on the same 2 cores")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+
+
+def plot_image(axis, figures: dict) -> None:
+    floor = figures["floor"]
+    bars = [(f"floor (a)\n1 process\n{floor['a_one_process_threads']} threads", floor["a_rows_per_s"], "C2"),
+            (f"floor (b)\n{floor['b_processes']} processes\n1 thread", floor["b_rows_per_s"], "C2"),
+            (f"service\nv2 binary\nc={figures['connections']}", figures["binary"]["rows_per_s"], "C0"),
+            (f"service\nv2 JSON\nc={figures['connections']}", figures["json"]["rows_per_s"], "C0")]
+    positions = np.arange(len(bars))
+    axis.bar(positions, [b[1] for b in bars], 0.6, color=[b[2] for b in bars])
+    axis.axhline(figures["target_ratio"] * floor["rows_per_s"], color="grey", linestyle="--", linewidth=1,
+                 label=f"{figures['target_ratio']}x the floor")
+    for x, (_, value, _) in zip(positions, bars, strict=True):
+        axis.annotate(f"{value:,.0f}", (x, value), ha="center", va="bottom", fontsize=8)
+    axis.set_xticks(positions, [b[0] for b in bars], fontsize=7)
+    axis.set_ylabel("rows per second")
+    axis.legend(fontsize=7, loc="lower right")
+    axis.set_title(f"imported MobileNetV3Small 96x96x3, batch {figures['batch']}", fontsize=9)
 
 
 # --- main -------------------------------------------------------------------------------------
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=4, help="per wrk run (default 4)")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="SERVING_THREADS for the service")
-    parser.add_argument("--quick", action="store_true", help="fewer scenarios, for a smoke test")
-    parser.add_argument("--output", type=Path, default=BENCH / "results.json")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is missing: apt-get install wrk", file=sys.stderr)
-        return 1
-
+def run_digits(args: argparse.Namespace) -> dict:
+    """The digits part: the service and the bare Flask baseline, alternating, and the floor."""
     started = time.monotonic()
     floor = {}
     for model in ("demand", "digits", "digits-binary"):
@@ -324,13 +359,78 @@ def main() -> int:
         "failed_requests": failures,
         "elapsed_s": time.monotonic() - started,
     }
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def run_image(args: argparse.Namespace) -> dict:
+    """The image part (bench/image.py), with a timestamp: --only-image updates it alone."""
+    environment = dict(setting.split("=", 1) for setting in args.image_env)
+    with tempfile.TemporaryDirectory() as scratch:
+        figures = image.run(Path(scratch), rounds=args.image_rounds, seconds=args.image_seconds,
+                            connections=args.image_connections, environment=environment,
+                            log=lambda line: print(line, flush=True))
+    figures["measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    figures["machine"] = {"cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=4, help="per wrk run (default 4)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="SERVING_THREADS for the service")
+    parser.add_argument("--quick", action="store_true", help="fewer scenarios, for a smoke test")
+    parser.add_argument("--output", type=Path, default=BENCH / "results.json")
+    parser.add_argument("--only-image", action="store_true",
+                        help="the image part alone; replaces its key (image_model) in --output")
+    parser.add_argument("--no-image", action="store_true", help="skip the image part")
+    parser.add_argument("--image-rounds", type=int, default=image.ROUNDS,
+                        help=f"image part: rounds (default {image.ROUNDS})")
+    parser.add_argument("--image-seconds", type=float, default=image.SECONDS,
+                        help=f"image part: seconds per floor or wrk run (default {image.SECONDS})")
+    parser.add_argument("--image-connections", type=int, default=image.CONNECTIONS,
+                        help=f"image part: wrk connections (default {image.CONNECTIONS})")
+    parser.add_argument("--image-env", action="append", default=[], metavar="SERVING_NAME=VALUE",
+                        help="image part: a service setting, e.g. SERVING_INTRA_OP_THREADS=2 (repeatable)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+        return 1
+    if any("=" not in setting for setting in args.image_env):
+        parser.error("--image-env takes SERVING_NAME=VALUE")
+
+    if args.only_image:
+        results = {}
+        with contextlib.suppress(OSError, ValueError):
+            results = json.loads(args.output.read_text())
+    else:
+        results = run_digits(args)
+    if not args.no_image:
+        try:
+            results["image_model"] = run_image(args)
+        except (image.BenchFailure, RuntimeError) as error:
+            print(f"image part failed: {error}", file=sys.stderr)
+            return 1
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     plot(results, args.output.with_suffix(".png"))
     print()
-    print(table(results))
-    print(f"\nfailed requests: {failures}; {results['elapsed_s']:.0f} s; "
-          f"written {args.output.relative_to(ROOT)} and {args.output.with_suffix('.png').relative_to(ROOT)}")
+    if not args.only_image:
+        print(table(results))
+        print()
+    if "image_model" in results:
+        print("\n".join(image.lines(results["image_model"])))
+    failures = (0 if args.only_image else results["failed_requests"]) + \
+        results.get("image_model", {}).get("failed_requests", 0)
+    elapsed = (0 if args.only_image else results["elapsed_s"]) + \
+        results.get("image_model", {}).get("elapsed_s", 0)
+    print(f"\nfailed requests: {failures}; {elapsed:.0f} s; "
+          f"written {display(args.output)} and {display(args.output.with_suffix('.png'))}")
     return 1 if failures else 0
+
+
+def display(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 if __name__ == "__main__":
