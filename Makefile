@@ -57,7 +57,8 @@ $(VENV)/.container-installed: $(VENV)/.dev-installed
 	$(PIP) -e ".[serve,train,dev,container]"
 	touch $@
 
-# About three minutes: the service against onnxruntime and a bare Flask baseline (needs wrk).
+# About four to five minutes (needs wrk): the service against onnxruntime and a bare Flask baseline,
+# then an imported MobileNetV3Small against its onnxruntime floor (python -m bench.run --only-image).
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run
 
