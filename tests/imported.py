@@ -117,6 +117,22 @@ def dense_stack(seed: int = 4):
     ], name="dense_stack")
 
 
+def transformer(seed: int = 7):
+    """A transformer encoder block on 8 token ids: Embedding(30, 8), self-attention (2 heads),
+    residuals and LayerNormalization, a feed-forward block with the exact GELU, pooling, softmax 2."""
+    keras = _keras()
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    tokens = keras.Input((8,), dtype="int32", name="tokens")
+    x = layers.Embedding(30, 8, name="embed")(tokens)
+    attended = layers.MultiHeadAttention(num_heads=2, key_dim=4, name="attention")(x, x)
+    x = layers.LayerNormalization(name="norm1")(layers.Add(name="residual1")([x, attended]))
+    fed = layers.Dense(8, name="feed2")(layers.Dense(16, activation="gelu", name="feed1")(x))
+    x = layers.LayerNormalization(name="norm2")(layers.Add(name="residual2")([x, fed]))
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(tokens, layers.Dense(2, activation="softmax", name="label")(x), name="transformer")
+
+
 def string_input(seed: int = 5):
     """A model whose input is a string tensor: the card cannot declare it."""
     keras = _keras()
@@ -244,6 +260,7 @@ MODELS = {
     "two-headed-h5": (two_headed, "h5", ()),
     "recurrent-savedmodel": (lambda: recurrent(cell="lstm"), "savedmodel", ()),
     "convolutional-onnx": (convolutional, "onnx", ()),
+    "transformer": (transformer, "keras", ()),
 }
 
 

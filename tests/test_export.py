@@ -218,3 +218,24 @@ def test_a_failed_write_leaves_no_version_behind(tmp_path, fresh, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export.write_version(tmp_path, spec, dataset, graph, {"type": "rescale"}, {}, {}, 0.0)
     assert not (tmp_path / spec["name"]).exists()  # not even the model folder the run created
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 1e-6), ("float16", 4e-3)])
+def test_the_exact_gelu_converts_as_one_minus_erf(dtype, tolerance):
+    """tf.nn.gelu(approximate=False) calls Erfc, which tf2onnx lacks: to_onnx converts it as 1 - Erf,
+    right far into both tails (where 1 - erf cancels) and in the graph's dtype."""
+    import tensorflow as tf
+
+    from training import export
+
+    def call(x):
+        return {"y": tf.nn.gelu(x, approximate=False), "erfc": tf.math.erfc(x)}
+
+    graph = export.to_onnx(call, [tf.TensorSpec([None, 3], dtype, name="x")])
+    assert "Erf" in {node.op_type for node in graph.graph.node}
+    x = np.linspace(-12, 12, 600, dtype=dtype).reshape(-1, 3)
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    gelu, erfc = session.run(["y", "erfc"], {"x": x})
+    assert gelu.dtype == erfc.dtype == np.dtype(dtype)
+    for got, expected in ((gelu, tf.nn.gelu(x, approximate=False)), (erfc, tf.math.erfc(x))):
+        np.testing.assert_allclose(got, expected.numpy(), rtol=tolerance, atol=tolerance)

@@ -41,7 +41,7 @@ def assert_close(served: dict, model) -> None:
 
 
 MODEL_IDS = ["convolutional", "recurrent", "two-headed", "dense-stack", "two-headed-h5",
-             "recurrent-savedmodel", "convolutional-onnx"]
+             "recurrent-savedmodel", "convolutional-onnx", "transformer"]
 
 
 def v2_body(model, outputs=None) -> dict:

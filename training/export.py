@@ -13,6 +13,10 @@ then demand the statistics with every request. `to_onnx` captures every eager te
 constant and takes those constants off the input list before conversion, so they stay
 constants in the graph. The built-in models are traced from the card's preprocessing, as
 constants, and their Dense layers: one input, one named output.
+
+tf2onnx has no conversion for TensorFlow's Erfc, which tf.nn.gelu calls for the exact GELU
+(Keras' `gelu` activation and layer, approximate=False by default, common in transformer
+blocks); `to_onnx` converts it as 1 - Erf(x), as ONNX exports of GELU do.
 """
 
 from __future__ import annotations
@@ -57,6 +61,22 @@ def _eager_tensors_as_constants():
         capture_container._EAGER_CONST_THRESHOLD = threshold
 
 
+def _erfc(ctx, node, name, args):
+    """tf2onnx handler: Erfc(x) as 1 - Erf(x) (ONNX has Erf, not Erfc)."""
+    erf = node.output[0]
+    node.type = "Erf"
+    dtype = ctx.get_dtype(node.input[0])
+    one = ctx.make_const(tf2onnx.utils.make_name(f"{name}_one"),
+                         np.array(1, tf2onnx.utils.map_onnx_to_numpy_type(dtype)))
+    complement = ctx.insert_new_node_on_output("Sub", erf, inputs=[one.output[0], erf])
+    ctx.set_dtype(complement.output[0], dtype)
+    ctx.copy_shape(erf, complement.output[0])
+
+
+# TensorFlow ops that tf2onnx does not convert by itself: {op type: (handler, arguments)}.
+OP_HANDLERS = {"Erfc": (_erfc, [])}
+
+
 def to_onnx(call: Callable[..., Mapping], input_specs: Sequence[tf.TensorSpec]) -> onnx.ModelProto:
     """Trace call(*tensors) -> {output name: tensor} and convert it to a checked ONNX graph.
 
@@ -75,7 +95,8 @@ def to_onnx(call: Callable[..., Mapping], input_specs: Sequence[tf.TensorSpec]) 
     ]
     try:
         # from_function finds the concrete function traced above (same signature).
-        graph, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=OPSET)
+        graph, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=OPSET,
+                                                  custom_op_handlers=dict(OP_HANDLERS))
         onnx.checker.check_model(graph, full_check=True)
     except Exception as error:  # tf2onnx and onnx raise anything from ValueError to KeyError
         raise ExportError(f"the ONNX converter failed: {one_line(error)}") from None
