@@ -15,6 +15,12 @@ the batch size, and turns Keras's ParallelMapDatasetV2 into a plain MapDataset. 
 `use_unbounded_threadpool` attribute, which MapDataset does not define, and TensorFlow reports
 that at ERROR severity before ignoring it. Nothing is wrong; the training is unchanged.
 
+Importing a model that computes in bool (a masked LSTM) or float16 prints, on CPUs without AVX-512,
+
+    E0000 ... util.cc:131] oneDNN supports DT_BOOL only on platforms with AVX-512. Falling back ...
+
+also at ERROR severity, though TensorFlow then runs its Eigen kernels and the answers are right.
+
 None of these can be switched off at the source without a cost: TF_ENABLE_ONEDNN_OPTS=0 and
 dropping op determinism change the numbers, a tf.data pipeline of our own instead of NumPy arrays
 changes the shuffling (and so every trained weight), and TF_CPP_MIN_LOG_LEVEL=3 hides every real
@@ -40,6 +46,10 @@ NOISE = tuple(re.compile(pattern) for pattern in (
     rb"^I" + _ABSL,
     rb"^E" + _ABSL + rb"NodeDef mentions attribute use_unbounded_threadpool which is not in the op "
     rb"definition: Op<name=MapDataset;",
+    # oneDNN has no kernels for a type (bool for a masked LSTM, half for float16) without AVX-512:
+    # TensorFlow says so at ERROR severity and runs its Eigen kernels instead, with the same results.
+    rb"^E" + _ABSL + rb"oneDNN supports DT_[A-Z0-9]+ only on platforms with AVX-512\. Falling back to "
+    rb"the default Eigen-based implementation",
 ))
 # The second line of cpu_feature_guard's message, dropped only right after a dropped line.
 CONTINUATION = re.compile(rb"^To enable the following instructions: .* rebuild TensorFlow with ")
