@@ -165,3 +165,19 @@ def test_sigterm_stops_nginx_and_gunicorn_gracefully():
         assert running.process.wait(timeout=40) == 0
         time.sleep(0.5)
         assert not [pid for pid in children if os.path.exists(f"/proc/{pid}")]
+
+
+def test_a_body_shorter_than_its_content_length_is_a_400(door):
+    address = urlsplit(door.url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+        connection.sendall(b"POST /v2/models/demand/infer HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                           + GOOD[:10].encode())
+        connection.shutdown(socket.SHUT_WR)  # the client is done sending: 90 bytes never come
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"ended after 10 of 100 bytes" in answer
+    assert "Traceback" not in door.log_text()
+    good_answer_follows(door)
