@@ -20,7 +20,9 @@ class JsonAccessLogger(Logger):
         request_id = next((value for name, value in headers if name.lower() == "x-request-id"), None)
         record = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "remote": environ.get("REMOTE_ADDR"),
+            # Behind the front door gunicorn's peer is a unix socket (no address): the client's
+            # address is nginx's X-Real-IP, which only a local process could have set.
+            "remote": environ.get("REMOTE_ADDR") or environ.get("HTTP_X_REAL_IP"),
             "method": environ.get("REQUEST_METHOD"),
             "path": environ.get("PATH_INFO"),
             "query": environ.get("QUERY_STRING") or None,

@@ -181,3 +181,13 @@ def test_a_body_shorter_than_its_content_length_is_a_400(door):
     assert b"ended after 10 of 100 bytes" in answer
     assert "Traceback" not in door.log_text()
     good_answer_follows(door)
+
+
+def test_the_access_log_names_the_client_behind_the_front_door(nginx_door):
+    status, headers, _ = exchange(nginx_door.url, b"GET /v2/models/demand HTTP/1.1\r\nHost: x\r\n"
+                                                  b"X-Request-ID: remote-check\r\nConnection: close\r\n\r\n")
+    assert status == 200 and headers["X-Request-ID"] == "remote-check"
+    time.sleep(0.2)
+    lines = [json.loads(line) for line in nginx_door.log_text().splitlines() if line.startswith("{")]
+    (record,) = [line for line in lines if line["request_id"] == "remote-check"]
+    assert record["remote"] == "127.0.0.1"
