@@ -11,6 +11,9 @@ import os
 import shutil
 import tempfile
 
+import orjson
+from gunicorn import util
+
 from service.access_log import JsonAccessLogger
 from service.settings import Settings
 
@@ -44,3 +47,16 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def write_json_error(sock, status_int, reason, mesg):
+    """gunicorn's own answers (a request it cannot parse, a line or headers too long) as the JSON
+    errors the API promises, instead of its HTML page; the message cut short, as it may quote
+    the client's bytes. Reached only without the front door, or for what nginx passes on."""
+    body = orjson.dumps({"error": f"{reason.lower()}: {mesg}"[:200]})
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+util.write_error = write_json_error  # gunicorn's workers call util.write_error for these answers

@@ -191,3 +191,16 @@ def test_the_access_log_names_the_client_behind_the_front_door(nginx_door):
     lines = [json.loads(line) for line in nginx_door.log_text().splitlines() if line.startswith("{")]
     (record,) = [line for line in lines if line["request_id"] == "remote-check"]
     assert record["remote"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET /v2 HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(200)) + b"\r\n", 431),
+], ids=["garbage", "long-line", "many-headers"])
+def test_gunicorns_own_errors_are_json_without_the_front_door(door, raw, status):
+    answer_status, headers, body = exchange(door.url, raw)
+    assert answer_status == status, body
+    assert headers["Content-Type"] == "application/json"
+    assert len(json.loads(body)["error"]) <= 200
+    good_answer_follows(door)
