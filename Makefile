@@ -5,22 +5,31 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PORT ?= 8000
 
-.PHONY: serve test train import lint clean container-test bench soak audit
+.PHONY: serve test train import lint clean container-test bench soak audit stubs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Serving needs no TensorFlow: the serve extra only.
 $(VENV)/.serve-installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) -e ".[serve]"
+	$(PIP) -e ".[serve,stubs]"
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) -e ".[serve,train,dev]"
+	$(PIP) -e ".[serve,stubs,train,dev]"
 	touch $@
 
+# The gRPC stubs, generated from the protocol's .proto with grpcio-tools (not committed; see
+# service/stubs/__init__.py). The .sha256 stamp is written last and checked on import.
+STUBS := service/stubs/grpc_predict_v2.sha256
+$(STUBS): service/stubs/grpc_predict_v2.proto service/stubs/__main__.py
+	$(BIN)/python -m service.stubs
+
+stubs: $(VENV)/.serve-installed
+	$(BIN)/python -m service.stubs
+
 # nginx in front of gunicorn (python -m service); scripts/system-packages.sh installs nginx when missing.
-serve: $(VENV)/.serve-installed
+serve: $(VENV)/.serve-installed $(STUBS)
 	bash scripts/system-packages.sh nginx-light=nginx
 	SERVING_BIND=0.0.0.0:$(PORT) $(BIN)/python -m service
 
@@ -42,12 +51,12 @@ $(VENV)/checkov/bin/checkov: deploy/checkov-constraints.txt | $(BIN)/python
 	touch $@
 
 # The tests need nginx (the front door) and Chromium (the page): installed when missing.
-test: lint $(VENV)/checkov/bin/checkov
+test: lint $(VENV)/checkov/bin/checkov $(STUBS)
 	bash scripts/system-packages.sh nginx-light=nginx chromium=chromium
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(STUBS) service/stubs/*_pb2*.py
 
 # Builds and runs the serving image with podman: see container/test.sh.
 container-test: $(VENV)/.container-installed
@@ -59,11 +68,11 @@ $(VENV)/.container-installed: $(VENV)/.dev-installed
 
 # About four to five minutes (needs wrk): the service against onnxruntime and a bare Flask baseline,
 # then an imported MobileNetV3Small against its onnxruntime floor (python -m bench.run --only-image).
-bench: $(VENV)/.dev-installed
+bench: $(VENV)/.dev-installed $(STUBS)
 	$(BIN)/python -m bench.run
 
 # Two minutes at concurrency 32: no failed request, stable p99, flat memory (needs wrk).
-soak: $(VENV)/.dev-installed
+soak: $(VENV)/.dev-installed $(STUBS)
 	$(BIN)/python -m bench.soak
 
 # Known vulnerabilities in the pinned versions (needs pip-audit's vulnerability service).
