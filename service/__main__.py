@@ -4,8 +4,18 @@ nginx listens on SERVING_BIND and passes whole requests to gunicorn over a unix 
 private runtime folder; gunicorn's sync workers never wait on a client. SIGTERM or SIGINT stops
 both gracefully (nginx finishes its connections, gunicorn its requests); SIGHUP reloads
 gunicorn's workers, which load the model repository afresh. When either process dies, the
-other is stopped and the exit code says so. SERVING_FRONT_DOOR=none runs gunicorn alone on
-SERVING_BIND (behind a buffering proxy of your own).
+other is stopped and the exit code says so.
+
+The Open Inference Protocol over gRPC runs beside them on SERVING_GRPC_BIND: SERVING_WORKERS
+processes of `python -m service.grpc_server` sharing the port (SO_REUSEPORT), each a fresh
+interpreter, since gRPC must not be forked once a server exists (service/grpc_pool.py). One that
+dies is replaced; SIGTERM stops them gracefully with the others; SIGHUP replaces them one at a
+time, each new one serving before an old one stops. The launcher owns the Prometheus folder
+(PROMETHEUS_MULTIPROC_DIR) that gunicorn's workers and the gRPC processes share, so /metrics
+counts both.
+
+SERVING_FRONT_DOOR=none runs gunicorn alone on SERVING_BIND (behind a buffering proxy of your
+own), without the gRPC processes.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from service import nginx
+from service import grpc_pool, nginx
 from service.settings import Settings
 
 GUNICORN_CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"
@@ -59,6 +69,10 @@ def main() -> int:
               "alone behind a buffering proxy of your own", file=sys.stderr)
         return 2
 
+    busy = grpc_pool.port_in_use(settings.grpc_bind)
+    if busy:
+        print(f"error: the gRPC address SERVING_GRPC_BIND is not free ({busy})", file=sys.stderr)
+        return 2
     runtime = Path(tempfile.mkdtemp(prefix="serving-"))
     socket = runtime / "gunicorn.sock"
     config = runtime / "nginx.conf"
@@ -66,7 +80,11 @@ def main() -> int:
     if os.geteuid() == 0:  # nginx would hand its workers to `nobody`, who cannot reach the socket
         text = "user root root;\n" + text
     config.write_text(text)
+    # Before any child starts: gunicorn's workers and the gRPC processes write their samples here.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(runtime / "metrics"))
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     children: dict[str, subprocess.Popen] = {}
+    pool = grpc_pool.Pool(settings.workers)
     stopping = False
 
     def forward(signum, _frame):
@@ -74,8 +92,10 @@ def main() -> int:
         if signum == signal.SIGHUP:
             if "gunicorn" in children:
                 children["gunicorn"].send_signal(signal.SIGHUP)
+            pool.reload()
             return
         stopping = True
+        pool.stop()
         for name, child in children.items():
             if child.poll() is None:  # nginx stops gracefully on SIGQUIT, gunicorn on SIGTERM
                 child.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
@@ -91,18 +111,27 @@ def main() -> int:
         if not stopping:
             children["nginx"] = subprocess.Popen(
                 [program, "-c", str(config), "-p", str(runtime), "-e", "stderr", "-g", "daemon off;"])
-        return watch(children, lambda: stopping, forward)
+        # After gunicorn is up: its on_starting empties the Prometheus folder.
+        if not stopping and not pool.start() and not stopping:  # a SIGTERM may come while it starts
+            print("error: the gRPC server did not start; see its log above", file=sys.stderr)
+            forward(signal.SIGTERM, None)
+            watch(children, lambda: True, forward, pool)
+            return 1
+        return watch(children, lambda: stopping, forward, pool)
     finally:
+        pool.kill()
         for child in children.values():
             if child.poll() is None:
                 child.kill()
         shutil.rmtree(runtime, ignore_errors=True)
 
 
-def watch(children: dict[str, subprocess.Popen], stopping, stop) -> int:
-    """Until both have exited: when one dies unasked, stop the other; 0 only for a clean stop."""
+def watch(children: dict[str, subprocess.Popen], stopping, stop, pool: grpc_pool.Pool) -> int:
+    """Until all have exited: when nginx or gunicorn dies unasked, stop the others; a gRPC process
+    that dies is replaced (pool.tick); 0 only for a clean stop."""
     failed = None
-    while any(child.poll() is None for child in children.values()):
+    while any(child.poll() is None for child in children.values()) or pool.alive():
+        pool.tick()
         for name, child in children.items():
             if child.poll() is not None and not stopping() and failed is None:
                 failed = name

@@ -22,6 +22,7 @@ CHOICES = {
 }
 PATTERNS = {
     "bind": (re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}"), "HOST:PORT"),
+    "grpc_bind": (re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}"), "HOST:PORT"),
     "nginx": (re.compile(r"[^\s;{}]+"), "a path or command name"),
 }
 
@@ -45,6 +46,10 @@ class Settings:
     worker_class: str = "sync"
     timeout: int = 30  # gunicorn kills a worker silent for this long
     graceful_timeout: int = 30  # seconds to finish requests on SIGTERM
+    # The Open Inference Protocol over gRPC (service/grpc_server.py): SERVING_WORKERS processes
+    # on this address (SO_REUSEPORT), each with this many handler threads.
+    grpc_bind: str = "0.0.0.0:8081"
+    grpc_threads: int = 4
 
     @classmethod
     def load(cls, overrides: Mapping | None = None, environ: Mapping | None = None) -> Settings:

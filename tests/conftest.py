@@ -153,6 +153,7 @@ class Server(NamedTuple):
     url: str
     process: subprocess.Popen  # the gunicorn master
     log: typing.IO[bytes]  # what gunicorn and the service wrote
+    grpc: str | None = None  # host:port of the gRPC processes (front_door only)
 
     def log_text(self) -> str:
         self.log.seek(0)
@@ -172,6 +173,18 @@ class Server(NamedTuple):
             found += parents
         return sorted(found)
 
+    def grpc_processes(self) -> list[int]:
+        """The gRPC server processes (python -m service.grpc_server) below the one started."""
+        found = []
+        for pid in self.descendants():
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"service.grpc_server" in command:
+                found.append(pid)
+        return found
+
 
 @contextlib.contextmanager
 def gunicorn(repository: Path = MODELS, workers: int = 2, **environment):
@@ -183,9 +196,27 @@ def gunicorn(repository: Path = MODELS, workers: int = 2, **environment):
 
 @contextlib.contextmanager
 def front_door(repository: Path = MODELS, workers: int = 2, **environment):
-    """The service as `make serve` runs it (`python -m service`: nginx in front of gunicorn)."""
+    """The service as `make serve` runs it (`python -m service`: nginx in front of gunicorn, and
+    the gRPC processes on a port of their own, Server.grpc)."""
+    grpc_address = f"127.0.0.1:{free_port()}"
+    environment = {"SERVING_GRPC_BIND": grpc_address, **environment}
     with _serving([sys.executable, "-m", "service"], repository, workers, environment) as running:
-        yield running
+        wait_for_port(environment["SERVING_GRPC_BIND"], running.process)
+        yield running._replace(grpc=environment["SERVING_GRPC_BIND"])
+
+
+def wait_for_port(address: str, process: subprocess.Popen, seconds: float = 60) -> None:
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {address} after {seconds} s")
 
 
 @contextlib.contextmanager

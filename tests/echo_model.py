@@ -28,11 +28,13 @@ TOKEN_RANGE = (0, 99)
 NAME = "echo"
 
 
-def write_echo_model(repository: Path, version: int = 1) -> Path:
-    folder = repository / NAME / str(version)
+def write_echo_model(repository: Path, version: int = 1, model_name: str = NAME,
+                     datatypes: tuple[str, ...] = tuple(ONNX_TYPES)) -> Path:
+    folder = repository / model_name / str(version)
     folder.mkdir(parents=True)
     inputs, outputs, nodes, card_in, card_out = [], [], [], [], []
-    for datatype, onnx_type in ONNX_TYPES.items():
+    for datatype in datatypes:
+        onnx_type = ONNX_TYPES[datatype]
         name = f"x_{datatype.lower()}"
         inputs.append(helper.make_tensor_value_info(name, onnx_type, ["batch", 3]))
         outputs.append(helper.make_tensor_value_info(f"y_{datatype.lower()}", onnx_type, ["batch", 3]))
@@ -49,7 +51,7 @@ def write_echo_model(repository: Path, version: int = 1) -> Path:
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, folder / "model.onnx")
     card = {
-        "name": NAME, "version": version,
+        "name": model_name, "version": version,
         "description": "Echoes every input back, one per datatype.",
         "platform": "onnx_onnxv1",
         "source": {"kind": "onnx", "file": "echo.onnx"},
@@ -61,11 +63,12 @@ def write_echo_model(repository: Path, version: int = 1) -> Path:
     return folder
 
 
-def sample(rows: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+def sample(rows: int = 2, seed: int = 0, datatypes: tuple[str, ...] = tuple(DTYPES)) -> dict[str, np.ndarray]:
     """Values of every input, spread over each datatype's range (extremes included)."""
     rng = np.random.default_rng(seed)
     values = {}
-    for datatype, dtype in DTYPES.items():
+    for datatype in datatypes:
+        dtype = DTYPES[datatype]
         if datatype == "BOOL":
             x = rng.integers(0, 2, (rows, 3)).astype(bool)
         elif np.dtype(dtype).kind in "iu":
