@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import gunicorn, read_card
+from tests.conftest import front_door, gunicorn, read_card
 
 DATATYPE_OF = {np.dtype(t): name for name, t in (
     ("BOOL", np.bool_), ("UINT8", np.uint8), ("UINT16", np.uint16), ("UINT32", np.uint32),
@@ -25,6 +25,14 @@ def served(imported):
     (repository,) = {model.path.parent.parent for model in imported.values()}
     with gunicorn(repository, workers=2) as running:
         yield running.url
+
+
+@pytest.fixture(scope="module")
+def served_grpc(imported):
+    """The gRPC address of the imported repository served as `make serve` runs it."""
+    (repository,) = {model.path.parent.parent for model in imported.values()}
+    with front_door(repository, workers=1) as running:
+        yield running.grpc
 
 
 def tolerance(model) -> float:
@@ -177,3 +185,32 @@ def test_an_embedding_index_out_of_range_is_a_400_and_the_next_answer_is_right(s
 def test_every_imported_model_is_ready(served, imported):
     index = requests.post(f"{served}/v2/repository/index", data=json.dumps({}), timeout=30).json()
     assert {(entry["name"], entry["state"]) for entry in index} == {(name, "READY") for name in imported}
+
+
+@pytest.mark.parametrize("name", MODEL_IDS)
+def test_grpc_raw_and_typed_equal_keras(served_grpc, imported, name):
+    """tritonclient.grpc (raw tensors) and typed contents (tritonclient's own messages)."""
+    import grpc
+    import tritonclient.grpc as triton
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    from tests.test_grpc import answer_arrays, typed_request
+
+    model = imported[name]
+    client = triton.InferenceServerClient(served_grpc)
+    tensors = []
+    for input_name, values in model.inputs.items():
+        tensor = triton.InferInput(input_name, list(values.shape), DATATYPE_OF[values.dtype])
+        tensors.append(tensor.set_data_from_numpy(values))
+    result = client.infer(name, tensors)
+    assert_close({output: result.as_numpy(output) for output in model.outputs}, model)
+    metadata = client.get_model_metadata(name)
+    card = read_card(model.path)
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
+        (t["name"], t["datatype"], t["shape"]) for t in card["inputs"]]
+    if any(values.dtype == np.float16 for values in model.inputs.values()):
+        return  # FP16 travels raw only
+    with grpc.insecure_channel(served_grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        answer = stub.ModelInfer(typed_request(service_pb2, name, model.inputs), timeout=60)
+    assert_close(answer_arrays(answer), model)
