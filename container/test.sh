@@ -59,7 +59,8 @@ echo "built in ${build_seconds} s, image size $(( size / 1000000 )) MB"
 
 echo "== compose up"
 API_PORT=$(free_port)
-export API_PORT
+GRPC_PORT=$(free_port)
+export API_PORT GRPC_PORT
 started=$EPOCHREALTIME
 compose up -d --no-build >/dev/null 2>&1
 url="http://127.0.0.1:$API_PORT"
@@ -71,6 +72,10 @@ podman healthcheck run "$container" 2>/dev/null && echo "HEALTHCHECK passes"
 echo "== served parity, and slow and idle clients, against the container"
 SERVING_TEST_URL="$url" "$BIN/python" -m pytest -q -p no:cacheprovider tests/test_parity_served.py \
   tests/test_slow_clients.py
+
+echo "== gRPC against the container: tritonclient.grpc, health"
+SERVING_TEST_GRPC="127.0.0.1:$GRPC_PORT" "$BIN/python" -m pytest -q -p no:cacheprovider \
+  tests/test_grpc.py -k given_address
 
 echo "== not root, read-only"
 users=$(podman top "$container" user args | awk '/gunicorn|nginx/ {print $1}' | sort -u)
@@ -100,6 +105,6 @@ echo "== graceful stop"
 podman stop -t 30 "$container" >/dev/null
 podman logs "$container" 2>&1 | grep -q "Shutting down: Master"
 [ "$(podman inspect "$container" --format '{{.State.ExitCode}}')" = 0 ]
-echo "SIGTERM reached nginx and gunicorn through tini; both stopped gracefully"
+echo "SIGTERM reached nginx, gunicorn and the gRPC processes through tini; all stopped gracefully"
 
 echo "container-test passed: image $(( size / 1000000 )) MB, build ${build_seconds} s, ready ${ready_seconds} s"

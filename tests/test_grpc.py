@@ -559,3 +559,20 @@ def test_the_launcher_refuses_a_grpc_port_already_in_use():
                               text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "SERVING_GRPC_BIND is not free" in done.stderr and "in use" in done.stderr
+
+
+@pytest.mark.skipif(not os.environ.get("SERVING_TEST_GRPC"), reason="SERVING_TEST_GRPC (host:port) not set")
+def test_tritonclient_at_a_given_address(cases):
+    """make container-test: the container's gRPC port (SERVING_TEST_GRPC) against the oracle."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    address = os.environ["SERVING_TEST_GRPC"]
+    client = triton_client(address)
+    assert client.is_server_ready()
+    for name, case in cases.items():
+        result = triton_infer(client, name, {case.input_name: case.x.astype(np.float32)})
+        got = result.as_numpy(case.output_name)
+        assert np.max(np.abs(got - case.expected)) <= PARITY, name
+    with grpc.insecure_channel(address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+    assert status == health_pb2.HealthCheckResponse.SERVING

@@ -37,6 +37,7 @@ KUBERNETES_VERSIONS = ("1.30", "1.37")
 
 IMAGE_NAME = "onnx-serving"
 PORT = 8000
+GRPC_PORT = 8081
 UID = 10001
 LIVE, READY, METRICS = "/v2/health/live", "/v2/health/ready", "/metrics"
 EXPECTED_KINDS = {
@@ -246,7 +247,8 @@ def test_probes_hit_the_health_routes_on_the_server_port(pod):
     for kind, action in probes.items():
         assert port_number(container, action["port"]) == PORT, (where, kind)
         assert action.get("scheme", "HTTP") == "HTTP", (where, kind)
-    assert [p["containerPort"] for p in container["ports"]] == [PORT], where
+    assert [p["containerPort"] for p in container["ports"]] == [PORT, GRPC_PORT], where
+    assert container["ports"][1]["name"] in ("grpc", "h2c"), where  # KServe's names for gRPC
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 30, f"{where}: give models time to load"
 
@@ -287,7 +289,7 @@ def test_image_user_and_port_are_what_the_manifests_assume():
     dockerfile = (ROOT / "Dockerfile").read_text()
     serve = dockerfile[dockerfile.index("AS serve"):]
     assert re.search(rf"^USER {UID}$", serve, re.M)
-    assert re.search(rf"^EXPOSE {PORT}$", serve, re.M)
+    assert re.search(rf"^EXPOSE {PORT} {GRPC_PORT}$", serve, re.M)
     assert f"SERVING_BIND=0.0.0.0:{PORT}" in serve
     assert "SERVING_MODEL_REPOSITORY=/models" in serve
     assert '"/usr/bin/tini", "--"' in serve  # SIGTERM reaches python -m service, which drains
@@ -310,8 +312,10 @@ def test_service_hpa_pdb_and_network_policy_select_the_pods(rendered):
 
         service = one(resources, "Service")
         assert service["spec"]["selector"].items() <= labels.items(), name
-        (port,) = service["spec"]["ports"]
-        assert port["name"] and port_number(container, port["targetPort"]) == PORT, name
+        http, grpc = service["spec"]["ports"]
+        assert http["name"] and port_number(container, http["targetPort"]) == PORT, name
+        assert port_number(container, grpc["targetPort"]) == GRPC_PORT, name
+        assert grpc["appProtocol"] == "kubernetes.io/h2c", name
 
         hpa = one(resources, "HorizontalPodAutoscaler")
         assert hpa["apiVersion"] == "autoscaling/v2"
@@ -331,7 +335,7 @@ def test_service_hpa_pdb_and_network_policy_select_the_pods(rendered):
         policy = one(resources, "NetworkPolicy")
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items(), name
         ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
-        assert ports == [PORT], name
+        assert ports == [PORT, GRPC_PORT], name
 
         account = one(resources, "ServiceAccount")
         assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
@@ -361,7 +365,9 @@ def test_inference_service_runs_the_image_on_v2_rest(isvc, rendered):
     deployment_image = server(one(rendered["base"], "Deployment")["spec"]["template"]["spec"])["image"]
     assert container["image"] == deployment_image
     assert container["image"].split(":")[0] == IMAGE_NAME
-    assert container["ports"] == [{"name": "http1", "containerPort": PORT, "protocol": "TCP"}]
+    # REST first (KServe maps the first port to its Service's port 80), gRPC named h2c.
+    assert container["ports"] == [{"name": "http1", "containerPort": PORT, "protocol": "TCP"},
+                                  {"name": "h2c", "containerPort": GRPC_PORT, "protocol": "TCP"}]
     assert env(container)["PROTOCOL"] == "v2"
     assert env(container)["SERVING_MODEL_REPOSITORY"] == "/models"
 
