@@ -576,3 +576,31 @@ def test_tritonclient_at_a_given_address(cases):
     with grpc.insecure_channel(address) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
     assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_sighup_makes_the_grpc_processes_load_a_new_version(tmp_path):
+    """The same reload as REST's: a version added to the repository is served after SIGHUP."""
+    import json
+
+    for name in MODEL_NAMES:
+        shutil.copytree(latest_version(name), tmp_path / name / "1")
+    with front_door(tmp_path, workers=1) as server:
+        client = triton_client(server.grpc)
+        assert list(client.get_model_metadata("demand").versions) == ["1"]
+        shutil.copytree(tmp_path / "demand" / "1", tmp_path / "demand" / ".staging-2")
+        card = tmp_path / "demand" / ".staging-2" / "card.json"
+        card.write_text(json.dumps({**json.loads(card.read_text()), "version": 2}))
+        (tmp_path / "demand" / ".staging-2").rename(tmp_path / "demand" / "2")
+        os.kill(server.process.pid, signal.SIGHUP)
+
+        def served_version() -> str:
+            from tritonclient.utils import InferenceServerException
+
+            try:
+                result = triton_infer(client, "demand", {"features": np.array([ROW], np.float32)})
+            except InferenceServerException:  # a call cancelled by the reload is tried again
+                return ""
+            return result.get_response().model_version
+
+        wait_for(lambda: served_version() == "2")
+        assert list(client.get_model_metadata("demand").versions) == ["1", "2"]
