@@ -202,6 +202,10 @@ def front_door(repository: Path = MODELS, workers: int = 2, **environment):
     environment = {"SERVING_GRPC_BIND": grpc_address, **environment}
     with _serving([sys.executable, "-m", "service"], repository, workers, environment) as running:
         wait_for_port(environment["SERVING_GRPC_BIND"], running.process)
+        # Every gRPC process serving (each logs this line once its server has started).
+        deadline = time.monotonic() + 60
+        while running.log_text().count("gRPC serving on") < workers and time.monotonic() < deadline:
+            time.sleep(0.1)
         yield running._replace(grpc=environment["SERVING_GRPC_BIND"])
 
 

@@ -451,6 +451,9 @@ def wait_for(condition, seconds: float = 60) -> None:
 class Load:
     """Client threads, each with its own channel, sending single-row requests until stopped.
 
+    Each channel has its own connection (grpc.use_local_subchannel_pool: by default, channels
+    to the same address share one), so the kernel spreads them over the server processes.
+
     wait_for_ready: a call made while the channel reconnects waits for it instead of failing at
     once. Without it, a reconnection that lands on the killed process's listening socket in the
     moments before the kernel closes it is refused, and the channel then fails every call fast
@@ -467,7 +470,7 @@ class Load:
         from tritonclient.grpc import service_pb2_grpc
 
         request = features(triton)
-        with grpc.insecure_channel(self.address) as channel:
+        with grpc.insecure_channel(self.address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             while not self.stop.is_set():
                 try:
