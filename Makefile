@@ -66,13 +66,17 @@ $(VENV)/.container-installed: $(VENV)/.dev-installed
 	$(PIP) -e ".[serve,train,dev,container]"
 	touch $@
 
-# About four to five minutes (needs wrk): the service against onnxruntime and a bare Flask baseline,
-# then an imported MobileNetV3Small against its onnxruntime floor (python -m bench.run --only-image).
+# About five minutes (needs wrk and nginx): the service as users run it (python -m service, nginx
+# in front) against a bare Flask baseline and a raw-WSGI ceiling, the headline in alternating
+# rounds; then an imported MobileNetV3Small against its onnxruntime floor (python -m bench.run --only-image).
 bench: $(VENV)/.dev-installed $(STUBS)
+	bash scripts/system-packages.sh nginx-light=nginx wrk=wrk
 	$(BIN)/python -m bench.run
 
-# Two minutes at concurrency 32: no failed request, stable p99, flat memory (needs wrk).
+# Two minutes at concurrency 32 through the front door: no failed request, stable p99, flat
+# memory of gunicorn's workers (needs wrk and nginx).
 soak: $(VENV)/.dev-installed $(STUBS)
+	bash scripts/system-packages.sh nginx-light=nginx wrk=wrk
 	$(BIN)/python -m bench.soak
 
 # Known vulnerabilities in the pinned versions (needs pip-audit's vulnerability service).

@@ -3,9 +3,9 @@
 The network is keras.applications.MobileNetV3Small(weights=None, input_shape=(96, 96, 3),
 classes=10), built in the run with a fixed seed (nothing downloaded), saved as .keras and
 imported with the real command line, `python -m training import FILE --name mobilenet
---repository DIR`, into a temporary repository that gunicorn then serves with the project's
-configuration (service/gunicorn.conf.py; default workers and threads unless --image-env says
-otherwise).
+--repository DIR`, into a temporary repository that the service then serves as users run it,
+`python -m service`: nginx (the front door) in front of gunicorn with the project's configuration
+(default workers and threads unless --image-env says otherwise).
 
 Calibrated batch normalisation: with weights=None every BatchNormalization layer holds its
 initial statistics (mean 0, variance 1) while the random convolutions shrink the signal by
@@ -29,7 +29,9 @@ check to mean anything).
 On a shared machine rows/s move with whatever else runs; the CPU time per batch hardly does.
 So the run also reports onnxruntime's CPU milliseconds per batch (floor (b), one thread) and
 the workers' CPU milliseconds per request (from /proc, over each wrk run): their quotient is
-the share of a worker's work that is the model's, and it bounds the ratio to the floor.
+the share of a worker's work that is the model's, and it bounds the ratio to the floor. nginx's
+CPU milliseconds per request (it reads each body whole, and keeps one over 1 MB in a temporary
+file, before gunicorn sees it) are reported beside them.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
+
+from bench.harness import Server, front_door, wrk
 
 NAME = "mobilenet"
 SHAPE = (96, 96, 3)
@@ -243,35 +247,23 @@ def check_answer(url: str, model: Path, card: dict) -> dict:
     return figures
 
 
-def workers_cpu_s(master: subprocess.Popen) -> float:
-    """CPU seconds (user and system, all threads) used so far by the gunicorn master's workers."""
-    children = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True)
-    ticks = 0
-    for pid in children.stdout.split():
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def served_round(url: str, master: subprocess.Popen, body: Path, header_length: int | None,
-                 connections: int, seconds: float) -> dict:
-    """One wrk run, and the workers' CPU milliseconds per request over it."""
-    from bench.run import wrk
-
-    before = workers_cpu_s(master)
-    result = wrk(url, body, header_length, connections, seconds)
-    result["cpu_ms_per_request"] = 1000 * (workers_cpu_s(master) - before) / max(1, result["requests"])
+def served_round(url: str, server: Server, body: Path, header_length: int | None,
+                 connections: int, seconds: int) -> dict:
+    """One wrk run, and the CPU milliseconds per request of gunicorn's workers and of nginx."""
+    result = wrk(url, body, header_length, connections, seconds, server)
+    cpu = result["cpu_us_per_request"]
+    result["cpu_ms_per_request"] = cpu["workers"] / 1000
+    result["nginx_cpu_ms_per_request"] = cpu.get("nginx", 0.0) / 1000
     return result
 
 
 def models_loaded(workers: int, level: str):
-    """A gunicorn readiness test: every worker has logged the model as loaded (at log level info,
-    which the bench sets unless told otherwise; at other levels, one ready answer must do)."""
+    """A readiness test: the front door answers that the model is ready, and (at log level info,
+    which the bench sets unless told otherwise) every worker has logged the model as loaded."""
     def ready(url: str, log: Path) -> bool:
         text = log.read_text(errors="replace") if log.exists() else ""
-        if len(re.findall(rf"model {NAME} version 1 loaded", text)) >= workers:
-            return True
-        if level.lower() in ("info", "debug"):
+        if level.lower() in ("info", "debug") and \
+                len(re.findall(rf"model {NAME} version 1 loaded", text)) < workers:
             return False
         try:
             with urllib.request.urlopen(f"{url}/v2/models/{NAME}/ready", timeout=2) as answer:
@@ -283,11 +275,9 @@ def models_loaded(workers: int, level: str):
 
 # --- the run ----------------------------------------------------------------------------------
 
-def run(folder: Path, rounds: int = ROUNDS, seconds: float = SECONDS, connections: int = CONNECTIONS,
+def run(folder: Path, rounds: int = ROUNDS, seconds: int = SECONDS, connections: int = CONNECTIONS,
         environment: dict | None = None, log=print) -> dict:
     """Build, import, check, then alternate floor and service rounds; the figures as a dict."""
-    from bench.run import gunicorn, worker_memory
-
     environment = dict(environment or {})
     started = time.monotonic()
     load_before = os.getloadavg()[0]
@@ -313,9 +303,12 @@ def run(folder: Path, rounds: int = ROUNDS, seconds: float = SECONDS, connection
     service_env = {"SERVING_MODEL_REPOSITORY": str(imported["repository"]), "SERVING_LOG_LEVEL": "info",
                    **environment}
     try:
-        with gunicorn(["--config", "service/gunicorn.conf.py"], service_env, folder / "service.log",
-                      ready=models_loaded(workers, service_env["SERVING_LOG_LEVEL"])) as (url, process):
-            memory_loaded = worker_memory(process)
+        with front_door(service_env, folder / "service.log",
+                        ready=models_loaded(workers, service_env["SERVING_LOG_LEVEL"])) as server:
+            url = server.url
+            memory_loaded = server.worker_memory()
+            if len(memory_loaded) != workers:
+                raise BenchFailure(f"found {len(memory_loaded)} gunicorn workers, expected {workers}")
             check = check_answer(url, imported["model"], card)
             log(f"  served answers equal onnxruntime in process: binary "
                 f"{check['max_abs_difference_binary']:.1e}, JSON {check['max_abs_difference_json']:.1e} "
@@ -325,15 +318,15 @@ def run(folder: Path, rounds: int = ROUNDS, seconds: float = SECONDS, connection
             for number in range(1, rounds + 1):
                 samples["floor_a"].append(floors["a"].round(seconds))
                 samples["floor_b"].append(floors["b"].round(seconds))
-                samples["binary"].append(served_round(target, process, binary_body, header_length,
+                samples["binary"].append(served_round(target, server, binary_body, header_length,
                                                       connections, seconds))
-                samples["json"].append(served_round(target, process, json_body, None, connections, seconds))
+                samples["json"].append(served_round(target, server, json_body, None, connections, seconds))
                 samples["load"].append(os.getloadavg()[0])
                 log(f"  round {number}: floor a {samples['floor_a'][-1]['rows_per_s']:.0f}, "
                     f"floor b {samples['floor_b'][-1]['rows_per_s']:.0f}, "
                     f"v2 binary {samples['binary'][-1]['requests_per_s'] * BATCH:.0f}, "
                     f"v2 JSON {samples['json'][-1]['requests_per_s'] * BATCH:.0f} rows/s")
-            memory_after = worker_memory(process)
+            memory_after = server.worker_memory()
     finally:
         for floor in floors.values():
             floor.close()
@@ -346,6 +339,7 @@ def run(folder: Path, rounds: int = ROUNDS, seconds: float = SECONDS, connection
                 "requests_per_s": median(kind, "requests_per_s"),
                 "p50_ms": median(kind, "p50_us", 1e-3), "p99_ms": median(kind, "p99_us", 1e-3),
                 "cpu_ms_per_request": median(kind, "cpu_ms_per_request"),
+                "nginx_cpu_ms_per_request": median(kind, "nginx_cpu_ms_per_request"),
                 "rounds": samples[kind]}
 
     floor_a, floor_b = median("floor_a", "rows_per_s"), median("floor_b", "rows_per_s")
@@ -377,6 +371,7 @@ def run(folder: Path, rounds: int = ROUNDS, seconds: float = SECONDS, connection
         "worker_class": worker_class,
         "threads": threads,
         "service_environment": environment,
+        "served_by": "python -m service (nginx front door, gunicorn on a unix socket)",
         "rounds": rounds,
         "seconds_per_round": seconds,
         "check": check,
@@ -402,6 +397,8 @@ def run(folder: Path, rounds: int = ROUNDS, seconds: float = SECONDS, connection
         "memory": {"after_load": mean_memory(memory_loaded), "after_bench": mean_memory(memory_after)},
         "failed_requests": failures,
         "load_average": {"before": load_before, "rounds": samples["load"]},
+        # CPU that neither the service nor wrk used during the served rounds: other processes
+        "other_share_max": max(r["machine"]["other_share"] for r in samples["binary"] + samples["json"]),
         "elapsed_s": time.monotonic() - started,
     }
 
@@ -416,7 +413,8 @@ def lines(figures: dict) -> list[str]:
     verdict = "meets" if figures["ratio_binary"] >= figures["target_ratio"] else "MISSES"
     return [
         f"imported MobileNetV3Small 96x96x3, batch {figures['batch']} FP32, "
-        f"{figures['workers']} {figures['worker_class']} workers x {figures['threads']} thread"
+        f"python -m service, {figures['workers']} {figures['worker_class']} workers x "
+        f"{figures['threads']} thread"
         f"{'s' if figures['threads'] > 1 else ''}{' (' + env + ')' if env else ''}, "
         f"wrk c={figures['connections']}; "
         f"medians of {figures['rounds']} rounds of {figures['seconds_per_round']:g} s",
@@ -440,12 +438,15 @@ def lines(figures: dict) -> list[str]:
         f"the {figures['target_ratio']}x target; round by round "
         + ", ".join(f"{r:.2f}" for r in figures["ratio_binary_per_round"])
         + f" (median {figures['ratio_binary_median_of_rounds']:.2f})"
-        + "; load average " + ", ".join(f"{x:.1f}" for x in figures["load_average"]["rounds"]),
+        + "; load average " + ", ".join(f"{x:.1f}" for x in figures["load_average"]["rounds"])
+        + (f"; other processes: up to {100 * figures['other_share_max']:.0f}% of the CPU during the "
+           "served rounds" if "other_share_max" in figures else ""),
         f"  CPU per batch: onnxruntime {floor['b_cpu_ms_per_call']:.1f} ms (1 thread); a worker "
         f"{binary['cpu_ms_per_request']:.1f} ms per v2 binary request "
         f"({100 * figures['cpu_share_binary']:.0f} % of it onnxruntime's), "
         f"{json_figures['cpu_ms_per_request']:.1f} ms per v2 JSON request "
-        f"({100 * figures['cpu_share_json']:.0f} %)",
+        f"({100 * figures['cpu_share_json']:.0f} %); nginx {binary['nginx_cpu_ms_per_request']:.2f} ms "
+        f"per binary and {json_figures['nginx_cpu_ms_per_request']:.2f} ms per JSON request",
         f"  memory per worker (MB): after load RSS {memory['after_load']['rss_mb']:.1f} "
         f"PSS {memory['after_load']['pss_mb']:.1f}; after the bench RSS "
         f"{memory['after_bench']['rss_mb']:.1f} PSS {memory['after_bench']['pss_mb']:.1f}",

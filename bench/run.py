@@ -1,41 +1,99 @@
-"""make bench: the service against onnxruntime and a bare Flask baseline; an imported image model.
+"""make bench: the service as users run it against a bare Flask baseline and a raw-WSGI ceiling.
 
-Both servers run under gunicorn on loopback and are driven by wrk, one scenario at a time,
-baseline and service alternating so that both see the same machine. Then an imported
-convolutional network (MobileNetV3Small, 96x96x3, batch 32) against its own onnxruntime floor
-(bench/image.py). Prints one table and writes bench/results.json and bench/results.png. About
-four minutes on 2 cores; `--only-image` runs the image part alone (about a minute and a half)
-and updates its key of results.json.
+The service runs as `make serve` runs it, `python -m service`: nginx (the front door) on a
+loopback port in front of gunicorn on a unix socket, 2 sync workers, with its validation,
+metrics and JSON access log on. The baseline, bench/baseline_app.py, is the ten-line service
+people write (Flask, the standard library's JSON, onnxruntime) on bare gunicorn with 2 sync
+workers. The ceiling, bench/ceiling_app.py, is a WSGI callable that answers a fixed JSON: on
+the same gunicorn, bare and behind the same front door, it is what the stack allows at best.
+The service without its front door (gunicorn alone, the same configuration) shows what nginx
+costs.
+
+The headline scenarios run in rounds (--rounds, default 5): within a round every server is
+driven by wrk for a few seconds in turn, the order reversed every other round, so that all of
+them see the same machine; the table shows the medians of the rounds, and every ratio is the
+median of the per-round ratios (the ratio of the medians is printed beside it with the rounds).
+The other scenarios are single runs. Then an imported convolutional network (MobileNetV3Small,
+96x96x3, batch 32) served the same way against its own onnxruntime floor (bench/image.py).
+Prints one table and writes bench/results.json and bench/results.png. About five minutes on 2
+cores; `--only-image` runs the image part alone and updates its key of results.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
-import re
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 
 from bench import image
+from bench.harness import ROOT, Server, behind_front_door, front_door, gunicorn, others_busy, warm_up, wrk
 
-ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 MODELS = ROOT / "models"
-HEADER_LENGTH = "Inference-Header-Content-Length"
+WORKERS = 2  # the baseline's and the ceiling's sync workers, and the service's by default
+
+SERVERS = {
+    "service": "service (python -m service)",
+    "service_direct": "service without front door",
+    "baseline": "baseline (bare Flask, json)",
+    "ceiling_front": "ceiling: raw WSGI, front door",
+    "ceiling_bare": "ceiling: raw WSGI, bare gunicorn",
+}
+LABEL = 36  # width of a server's name in the table
+# The ceiling each server is compared with: the same stack with a WSGI app that does nothing.
+CEILING_OF = {"service": "ceiling_front", "service_direct": "ceiling_bare"}
+
+# Headline scenarios, measured in rounds. The baseline speaks JSON only: a binary scenario
+# compares with the baseline's figures of another scenario (`baseline`), measured in the same round.
+HEADLINE = [
+    {"key": "single", "label": "v2 JSON, 1 row, c=8", "kind": "v2", "rows": 1, "c": 8,
+     "layout": "nested", "servers": ["baseline", "service", "service_direct", "ceiling_front",
+                                     "ceiling_bare"]},
+    {"key": "nested", "label": "v2 JSON, 256 rows nested, c=4", "kind": "v2", "rows": 256, "c": 4,
+     "layout": "nested", "servers": ["baseline", "service"]},
+    {"key": "binary", "label": "v2 binary, 256 rows, c=4", "kind": "v2b", "rows": 256, "c": 4,
+     "servers": ["service"], "baseline": "nested"},
+    {"key": "flat", "label": "v2 JSON, 256 rows flat, c=4", "kind": "v2", "rows": 256, "c": 4,
+     "layout": "flat", "servers": ["baseline", "service"]},
+]
+# Within a round, the scenarios of a group run back to back, their servers alternating.
+GROUPS = [["single"], ["nested", "binary"], ["flat"]]
+# Single runs, after the rounds.
+OTHERS = [
+    {"key": "c1", "label": "v2 JSON, 1 row, c=1", "kind": "v2", "rows": 1, "c": 1,
+     "servers": ["baseline", "service"]},
+    {"key": "tf1", "label": "TF :predict, 1 row, c=8", "kind": "tf", "rows": 1, "c": 8,
+     "servers": ["service"], "baseline": "single"},
+    {"key": "c32", "label": "v2 JSON, 1 row, c=32", "kind": "v2", "rows": 1, "c": 32,
+     "servers": ["baseline", "service"]},
+    {"key": "nested_direct", "label": "v2 JSON, 256 rows nested, c=4", "kind": "v2", "rows": 256,
+     "c": 4, "servers": ["service_direct"], "baseline": "nested"},
+    {"key": "nested1024", "label": "v2 JSON, 1024 rows nested, c=4", "kind": "v2", "rows": 1024,
+     "c": 4, "servers": ["baseline", "service"]},
+    {"key": "binary1024", "label": "v2 binary, 1024 rows, c=4", "kind": "v2b", "rows": 1024, "c": 4,
+     "servers": ["service"], "baseline": "nested1024"},
+    {"key": "random", "label": "v2 JSON, 256 random floats nested, c=4", "kind": "v2", "rows": 256,
+     "c": 4, "data": "random", "servers": ["baseline", "service"]},
+]
+# The issue's targets: (scenario, server, figure, comparison, limit), against the baseline.
+TARGETS = [
+    ("single", "service", "requests/s", ">=", 1.0),
+    ("single", "service", "p99", "<=", 1.1),
+    ("nested", "service", "rows/s", ">=", 2.5),
+    ("flat", "service", "rows/s", ">=", 2.5),
+]
 
 
 # --- the floor: onnxruntime in-process --------------------------------------------------------
@@ -71,9 +129,12 @@ def random_rows(count: int) -> np.ndarray:
     return np.random.default_rng(1).uniform(0, 16, (count, 64)).astype(np.float32)
 
 
-def v2_json(x: np.ndarray) -> bytes:
+def v2_json(x: np.ndarray, layout: str = "nested") -> bytes:
+    """Nested row lists (`[[64 values], ...]`, as hand-written clients send) or flat data
+    (`[all values]`, row-major, as tritonclient sends)."""
+    data = x.ravel().tolist() if layout == "flat" else x.tolist()
     return json.dumps({"inputs": [{"name": "pixels", "shape": list(x.shape), "datatype": "FP32",
-                                   "data": x.tolist()}]}).encode()
+                                   "data": data}]}).encode()
 
 
 def v2_binary(x: np.ndarray) -> tuple[bytes, int]:
@@ -88,107 +149,20 @@ def tf_predict(x: np.ndarray) -> bytes:
     return json.dumps({"instances": x.tolist()}).encode()
 
 
-# --- servers ----------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def digits_answer(url: str, log: Path) -> bool:
-    """The default readiness test: the digits model answers."""
-    try:
-        urllib.request.urlopen(f"{url}/v2/models/digits/infer", data=v2_json(digits_rows(1)),
-                               timeout=2).read()
-        return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def gunicorn(arguments: list[str], environment: dict, log: Path,
-             ready: Callable[[str, Path], bool] = digits_answer):
-    """A gunicorn on a free loopback port, yielded once ready(url, log) is true."""
-    port = free_port()
-    env = {**os.environ, **environment, "SERVING_BIND": f"127.0.0.1:{port}"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with open(log, "wb") as output:
-        process = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-                                    *arguments], cwd=ROOT, env=env, stdout=output,
-                                   stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while not ready(url, log):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
-                    raise RuntimeError("gunicorn did not start: " + " | ".join(tail))
-                time.sleep(0.2)
-            yield url, process
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-
-
-def worker_memory(master: subprocess.Popen) -> list[dict]:
-    """RSS and PSS (shared pages divided among sharers) of each worker, in MB."""
-    children = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True)
-    figures = []
-    for pid in children.stdout.split():
-        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        kb = {key: int(value) for key, value in re.findall(r"^(Rss|Pss):\s+(\d+) kB", rollup, re.M)}
-        figures.append({"pid": int(pid), "rss_mb": kb["Rss"] / 1024, "pss_mb": kb["Pss"] / 1024})
-    return figures
-
-
-# --- load -------------------------------------------------------------------------------------
-
-def warm_up(url: str, count: int) -> int:
-    """Exactly count single-row requests, so that memory can be read after a known number."""
-    body = v2_json(digits_rows(1))
-    for _ in range(count):
-        request = urllib.request.Request(f"{url}/v2/models/digits/infer", data=body,
-                                         headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(request, timeout=5).read()
-    return count
-
-
-def wrk(url: str, body: Path, header_length: int | None, connections: int, seconds: float) -> dict:
-    command = ["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{seconds:g}s",
-               "-s", str(BENCH / "wrk_post.lua"), url, "--", str(body)]
-    if header_length is not None:
-        command.append(str(header_length))
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    line = next(line for line in output.splitlines() if line.startswith("WRK_RESULT "))
-    result = json.loads(line.removeprefix("WRK_RESULT "))
-    result["requests_per_s"] = result["requests"] / (result["duration_us"] / 1e6)
-    return result
-
-
-def scenarios(quick: bool) -> list[dict]:
-    single = [("v2 JSON", "v2", 1), ("v2 binary", "v2b", 1), ("TF :predict", "tf", 1)]
-    concurrencies = (1, 8) if quick else (1, 8, 32)
-    plan = [{"group": "single row", "protocol": label, "kind": kind, "rows": 1, "c": c,
-             "data": "digits"} for c in concurrencies for label, kind, _ in single]
-    for rows in (32, 256) if quick else (32, 256, 1024):
-        plan += [{"group": "batch", "protocol": label, "kind": kind, "rows": rows, "c": 4,
-                  "data": "digits"} for label, kind in (("v2 JSON", "v2"), ("v2 binary", "v2b"))]
-    plan.append({"group": "batch", "protocol": "v2 JSON", "kind": "v2", "rows": 256, "c": 4,
-                 "data": "random"})
-    return plan
-
-
-def body_file(folder: Path, kind: str, rows: int, data: str) -> tuple[Path, int | None]:
+@functools.cache
+def body_file(folder: Path, kind: str, rows: int, data: str = "digits",
+              layout: str = "nested") -> tuple[Path, int | None]:
+    """A request body in a file, for wrk (written once per folder), and its JSON header's length
+    for a v2 binary request."""
     x = (digits_rows if data == "digits" else random_rows)(rows)
     header_length = None
     if kind == "v2":
-        payload = v2_json(x)
+        payload = v2_json(x, layout)
     elif kind == "v2b":
         payload, header_length = v2_binary(x)
     else:
         payload = tf_predict(x)
-    path = folder / f"{kind}-{rows}-{data}.body"
+    path = folder / f"{kind}-{rows}-{data}-{layout}.body"
     path.write_bytes(payload)
     return path, header_length
 
@@ -197,37 +171,244 @@ def path_for(kind: str) -> str:
     return "/v1/models/digits:predict" if kind == "tf" else "/v2/models/digits/infer"
 
 
+# --- measuring --------------------------------------------------------------------------------
+
+def drive(servers: dict[str, Server], scenario: dict, server: str, folder: Path, seconds: int) -> dict:
+    body, header_length = body_file(folder, scenario["kind"], scenario["rows"],
+                                    scenario.get("data", "digits"), scenario.get("layout", "nested"))
+    return wrk(servers[server].url + path_for(scenario["kind"]), body, header_length, scenario["c"],
+               seconds, servers[server])
+
+
+def summarise(scenario: dict) -> None:
+    """Medians of each server's rounds: requests/s, rows/s, p50, p99, CPU per request."""
+    scenario["figures"] = {}
+    for server, rounds in scenario["rounds"].items():
+        scenario["figures"][server] = {
+            "requests_per_s": statistics.median(r["requests_per_s"] for r in rounds),
+            "rows_per_s": statistics.median(r["requests_per_s"] for r in rounds) * scenario["rows"],
+            "p50_us": statistics.median(r["p50_us"] for r in rounds),
+            "p99_us": statistics.median(r["p99_us"] for r in rounds),
+            "cpu_us_per_request": {part: statistics.median(r["cpu_us_per_request"][part] for r in rounds)
+                                   for part in rounds[0]["cpu_us_per_request"]},
+            # What the server's processes spend on a request (gunicorn's workers and nginx, not
+            # wrk): the figure that sets its capacity on cores of its own.
+            "server_cpu_us_per_request": statistics.median(
+                r["cpu_us_per_request"]["workers"] + r["cpu_us_per_request"].get("nginx", 0.0)
+                for r in rounds),
+        }
+
+
+def ratio(mine: list[dict], theirs: list[dict]) -> dict:
+    """requests/s and p99 of mine over theirs: per round, their median, and the ratio of medians."""
+    def of(key: str) -> dict:
+        per_round = [a[key] / b[key] for a, b in zip(mine, theirs, strict=True)]
+        return {"per_round": per_round, "median_of_rounds": statistics.median(per_round),
+                "of_medians": statistics.median(a[key] for a in mine)
+                / statistics.median(b[key] for b in theirs)}
+    return {"requests_per_s": of("requests_per_s"), "p99": of("p99_us")}
+
+
+def compare(scenario: dict, by_key: dict[str, dict]) -> None:
+    """Each server against the baseline (of this scenario, or of the one named) and its ceiling."""
+    reference = by_key[scenario.get("baseline", scenario["key"])]
+    scenario["ratios"] = {}
+    base = reference["rounds"].get("baseline")
+    for server, rounds in scenario["rounds"].items():
+        if server == "baseline":
+            continue
+        if base is not None:
+            theirs = base if len(base) == len(rounds) else [reference["figures"]["baseline"]] * len(rounds)
+            scenario["ratios"][f"{server}/baseline"] = ratio(rounds, theirs)
+        ceiling = CEILING_OF.get(server)
+        if ceiling in scenario["rounds"]:
+            scenario["ratios"][f"{server}/{ceiling}"] = ratio(rounds, scenario["rounds"][ceiling])
+
+
+def run_rounds(servers: dict[str, Server], folder: Path, rounds: int, seconds: int) -> list[dict]:
+    plan = [dict(s, rounds={server: [] for server in s["servers"]}) for s in HEADLINE]
+    by_key = {s["key"]: s for s in plan}
+    for group in GROUPS:  # warm-up: one run of each, not counted
+        for key in group:
+            for server in by_key[key]["servers"]:
+                drive(servers, by_key[key], server, folder, 1)
+    for number in range(rounds):
+        for group in GROUPS:
+            runs = [(key, server) for key in group for server in by_key[key]["servers"]]
+            for key, server in runs if number % 2 == 0 else runs[::-1]:
+                by_key[key]["rounds"][server].append(drive(servers, by_key[key], server, folder, seconds))
+        figures = []
+        for key in by_key:
+            for server, results in by_key[key]["rounds"].items():
+                figures.append(f"{key} {server} {results[-1]['requests_per_s']:.0f}")
+        others = max(r["machine"]["other_share"] for s in plan for rounds in s["rounds"].values()
+                     for r in rounds[-1:])
+        print(f"  round {number + 1}: " + ", ".join(figures) + f" req/s (other processes: up to "
+              f"{100 * others:.0f}% of the CPU)", flush=True)
+    for scenario in plan:
+        summarise(scenario)
+    for scenario in plan:
+        compare(scenario, by_key)
+    return plan
+
+
+def run_others(servers: dict[str, Server], folder: Path, seconds: int, headline: list[dict]) -> list[dict]:
+    plan = [dict(s, rounds={server: [] for server in s["servers"]}) for s in OTHERS]
+    by_key = {s["key"]: s for s in headline + plan}
+    for scenario in plan:
+        for server in scenario["servers"]:
+            scenario["rounds"][server].append(drive(servers, scenario, server, folder, seconds))
+        summarise(scenario)
+        compare(scenario, by_key)
+        service = next(s for s in scenario["servers"] if s != "baseline")
+        base = scenario["ratios"].get(f"{service}/baseline")
+        print(f"  {scenario['label']:<40} {SERVERS[service].split(' (')[0]:<26}"
+              f"{scenario['figures'][service]['rows_per_s']:>10.0f} rows/s"
+              + (f"  x{base['requests_per_s']['median_of_rounds']:.2f} of baseline" if base else ""),
+              flush=True)
+    return plan
+
+
+@contextlib.contextmanager
+def all_servers(folder: Path, service_env: dict):
+    """Every server at once (idle ones cost nothing): the service with and without its front
+    door, the baseline, and the ceiling bare and behind the front door."""
+    service_config = ["--config", "service/gunicorn.conf.py"]
+    bare = ["--workers", str(WORKERS)]
+    with contextlib.ExitStack() as stack:
+        servers = {
+            "service": stack.enter_context(front_door(service_env, folder / "service.log")),
+            "service_direct": stack.enter_context(gunicorn(service_config, service_env,
+                                                           folder / "service-direct.log")),
+            "baseline": stack.enter_context(gunicorn([*bare, "bench.baseline_app:app"], {},
+                                                     folder / "baseline.log")),
+            "ceiling_front": stack.enter_context(behind_front_door([*bare, "bench.ceiling_app:app"], {},
+                                                                   folder / "ceiling-front.log")),
+            "ceiling_bare": stack.enter_context(gunicorn([*bare, "bench.ceiling_app:app"], {},
+                                                         folder / "ceiling-bare.log")),
+        }
+        yield servers
+
+
 # --- report -----------------------------------------------------------------------------------
+
+def floor_rows_per_s(floor: dict, rows: int, workers: int) -> float:
+    us = floor[str(rows)] if str(rows) in floor else floor["256"] * rows / 256
+    return workers * rows / us * 1e6
+
+
+def scenario_lines(scenario: dict, floor: dict, workers: int) -> list[str]:
+    lines = [scenario["label"]]
+    if "baseline" not in scenario["servers"] and scenario.get("baseline"):
+        lines[0] += f"  (x base: against the baseline's {scenario['baseline_label']})"
+    for server in scenario["servers"]:
+        figures = scenario["figures"][server]
+        base = scenario["ratios"].get(f"{server}/baseline")
+        ceiling = scenario["ratios"].get(f"{server}/{CEILING_OF.get(server)}")
+        x_base = f"{base['requests_per_s']['median_of_rounds']:.2f}" if base else ""
+        p99_base = f"{base['p99']['median_of_rounds']:.2f}" if base else ""
+        x_ceiling = f"{ceiling['requests_per_s']['median_of_rounds']:.2f}" if ceiling else ""
+        share = ""
+        if server.startswith("service"):
+            share = f"{100 * figures['rows_per_s'] / floor_rows_per_s(floor, scenario['rows'], workers):.1f}%"
+        lines.append(f"  {SERVERS[server]:<{LABEL}}{figures['rows_per_s']:>10.0f}"
+                     f"{figures['requests_per_s']:>9.0f}{figures['p50_us'] / 1000:>8.2f}"
+                     f"{figures['p99_us'] / 1000:>8.2f}{figures['server_cpu_us_per_request']:>8.0f}"
+                     f"{x_base:>8}{p99_base:>11}{x_ceiling:>8}{share:>9}")
+    return lines
+
+
+def target_lines(results: dict) -> list[str]:
+    by_key = {s["key"]: s for s in results["headline"]}
+    lines = []
+    for key, server, figure, comparison, limit in TARGETS:
+        measured = by_key[key]["ratios"][f"{server}/baseline"]["p99" if figure == "p99" else "requests_per_s"]
+        value = measured["median_of_rounds"]
+        met = value >= limit if comparison == ">=" else value <= limit
+        lines.append(f"  {by_key[key]['label']:<32} {figure:<10} {value:5.2f}x the baseline "
+                     f"(ratio of medians {measured['of_medians']:.2f}; target {comparison} {limit}): "
+                     f"{'meets' if met else 'MISSES'}")
+    return lines
+
+
+def round_lines(results: dict) -> list[str]:
+    lines = []
+    for scenario in results["headline"]:
+        count = len(next(iter(scenario["rounds"].values())))
+        lines.append(f"{scenario['label']:<{LABEL + 2}}"
+                     + "".join(f"{'round ' + str(n + 1):>16}" for n in range(count)) + f"{'median':>16}")
+        for server in scenario["servers"]:
+            rounds = scenario["rounds"][server]
+            cells = [f"{r['requests_per_s']:.0f} / {r['p99_us'] / 1000:.2f}" for r in rounds]
+            figures = scenario["figures"][server]
+            cells.append(f"{figures['requests_per_s']:.0f} / {figures['p99_us'] / 1000:.2f}")
+            lines.append(f"  {SERVERS[server]:<{LABEL}}" + "".join(f"{c:>16}" for c in cells))
+        for name, measured in scenario["ratios"].items():
+            mine, theirs = name.split("/")
+            cells = [f"{a:.2f} / {b:.2f}" for a, b in zip(measured["requests_per_s"]["per_round"],
+                                                          measured["p99"]["per_round"], strict=True)]
+            cells.append(f"{measured['requests_per_s']['median_of_rounds']:.2f} / "
+                         f"{measured['p99']['median_of_rounds']:.2f}")
+            lines.append(f"  {'x ' + theirs.replace('_', ' ') + ': ' + mine.replace('_', ' '):<{LABEL}}"
+                         + "".join(f"{c:>16}" for c in cells)
+                         + f"   (ratio of medians {measured['requests_per_s']['of_medians']:.2f} / "
+                         f"{measured['p99']['of_medians']:.2f})")
+    return lines
+
+
+def cpu_lines(results: dict) -> list[str]:
+    single = next(s for s in results["headline"] if s["key"] == "single")
+    lines = []
+    for server in single["servers"]:
+        cpu = single["figures"][server]["cpu_us_per_request"]
+        parts = [f"gunicorn workers {cpu['workers']:.0f}"]
+        if "nginx" in cpu:
+            parts.append(f"nginx {cpu['nginx']:.0f}")
+        parts.append(f"wrk {cpu['wrk']:.0f}")
+        lines.append(f"  {SERVERS[server]:<{LABEL}}" + ", ".join(parts)
+                     + f"; total {sum(cpu.values()):.0f}")
+    server_cpu = {name: figures["server_cpu_us_per_request"] for name, figures in single["figures"].items()}
+    lines.append(f"  capacity on cores of its own (the baseline's server CPU per request over the service's) "
+                 f"{server_cpu['baseline'] / server_cpu['service']:.2f}x; without front door "
+                 f"{server_cpu['baseline'] / server_cpu['service_direct']:.2f}x")
+    return lines
+
 
 def table(results: dict) -> str:
     floor = results["floor_us"]["digits"]
+    workers = results["settings"]["workers"]
+    settings = results["settings"]
+    header = (f"{'':<{LABEL + 2}}{'rows/s':>10}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'CPU µs':>8}"
+              f"{'x base':>8}{'p99 x base':>11}{'x ceil':>8}{'% floor':>9}")
     lines = [
         "onnxruntime floor, µs per call (1 thread): " + ", ".join(
             f"{name} {f['1']:.1f} (1 row) / {f['256']:.1f} (256 rows)"
             for name, f in results["floor_us"].items()),
         "",
-        f"{'scenario':<34}{'rows/s':>10}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'x base':>8}{'p99 x base':>11}{'% floor':>8}",
+        f"headline: medians of {settings['rounds']} rounds of {settings['seconds_per_run']} s, the servers "
+        "alternating within each round (order reversed every other round)",
+        "x base, p99 x base, x ceil: medians of the per-round ratios to the baseline and to the raw-WSGI "
+        "ceiling on the same stack",
+        "CPU µs: the server's processes (gunicorn's workers, nginx; not wrk) per request; "
+        "% floor: of 2 workers running onnxruntime alone",
+        header,
     ]
-    for row in results["scenarios"]:
-        service, base = row["service"], row.get("baseline_figures")
-        rows_per_s = service["requests_per_s"] * row["rows"]
-        floor_rows = 2 * row["rows"] / (floor[str(row["rows"])] if str(row["rows"]) in floor
-                                       else floor["256"] * row["rows"] / 256) * 1e6
-        label = f"{row['protocol']} {row['rows']} row{'s' if row['rows'] > 1 else ''}" \
-                f"{' random' if row['data'] == 'random' else ''} c={row['c']}"
-        ratio = f"{row['ratio_rps']:.2f}" if base else ""
-        p99_ratio = f"{row['ratio_p99']:.2f}" if base else ""
-        lines.append(f"{label:<34}{rows_per_s:>10.0f}{service['requests_per_s']:>9.0f}"
-                     f"{service['p50_us'] / 1000:>8.2f}{service['p99_us'] / 1000:>8.2f}"
-                     f"{ratio:>8}{p99_ratio:>11}{100 * rows_per_s / floor_rows:>7.1f}%")
-        if row.get("baseline"):
-            b = row["baseline"]
-            lines.append(f"{'  baseline (bare Flask, json)':<34}{b['requests_per_s'] * row['rows']:>10.0f}"
-                         f"{b['requests_per_s']:>9.0f}{b['p50_us'] / 1000:>8.2f}"
-                         f"{b['p99_us'] / 1000:>8.2f}")
+    for scenario in results["headline"]:
+        lines += scenario_lines(scenario, floor, workers)
+    if results["others"]:
+        lines += ["", f"other scenarios: single runs of {settings['seconds_per_run']} s", header]
+        for scenario in results["others"]:
+            lines += scenario_lines(scenario, floor, workers)
+    lines += ["", "targets (medians of the per-round ratios):", *target_lines(results)]
+    lines += ["", "per round: requests/s / p99 ms, then the ratios (requests/s / p99)", *round_lines(results)]
+    lines += ["", "CPU µs per single-row request (v2 JSON, c=8), medians of the rounds:", *cpu_lines(results)]
+    shares = [r["machine"]["other_share"] for s in results["headline"] for rounds in s["rounds"].values()
+              for r in rounds]
+    lines += ["", f"other processes: {100 * results['machine']['busy_before']:.0f}% of the machine's CPU "
+              f"before the bench; during the headline runs median {100 * statistics.median(shares):.0f}%, "
+              f"largest {100 * max(shares):.0f}% (CPU not used by the server measured nor by wrk)"]
     memory = results["memory"]
-    lines += ["", "memory per worker (MB): " + "; ".join(
+    lines += ["", "service's gunicorn workers, memory (MB): " + "; ".join(
         f"after {m['requests']:,} requests RSS {m['rss_mb']:.1f} PSS {m['pss_mb']:.1f}"
         for m in memory["samples"]) + f"; growth {memory['growth_percent']:+.1f}%"]
     return "\n".join(lines)
@@ -239,37 +420,51 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results.get("scenarios", [])
-    picture = results.get("image_model")
-    panels = [kind for kind, present in (("digits", rows), ("image", picture)) if present]
+    panels = [(kind, results[kind]) for kind in ("headline", "others", "image_model") if results.get(kind)]
     if not panels:
         return
-    figure, axes = plt.subplots(1, len(panels), figsize=(13 + 4 * (len(panels) - 1), 5), squeeze=False,
-                                gridspec_kw={"width_ratios": [3 if p == "digits" else 1 for p in panels]})
-    for axis, panel in zip(axes[0], panels, strict=True):
-        if panel == "digits":
-            plot_digits(axis, rows)
+    widths = {"headline": 3, "others": 3, "image_model": 2}
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 2, 5.5), squeeze=False,
+                                gridspec_kw={"width_ratios": [widths[kind] for kind, _ in panels]})
+    for axis, (kind, figures) in zip(axes[0], panels, strict=True):
+        if kind == "image_model":
+            plot_image(axis, figures)
         else:
-            plot_image(axis, picture)
+            plot_scenarios(axis, figures, kind == "headline", results.get("settings", {}).get("rounds"))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
-def plot_digits(axis, rows: list[dict]) -> None:
-    labels = [f"{r['protocol']}\n{r['rows']} rows c={r['c']}" + (" rnd" if r["data"] == "random" else "")
-              for r in rows]
-    service = [r["service"]["requests_per_s"] * r["rows"] for r in rows]
-    baseline = [r["baseline_figures"]["requests_per_s"] * r["rows"] if r.get("baseline_figures") else 0
-                for r in rows]
-    positions = np.arange(len(rows))
-    axis.bar(positions - 0.2, service, 0.4, label="service")
-    axis.bar(positions + 0.2, baseline, 0.4, label="baseline (bare Flask, v2 JSON)")
+def plot_scenarios(axis, scenarios: list[dict], headline: bool, rounds: int | None) -> None:
+    colours = {"service": "C0", "service_direct": "C9", "baseline": "C1", "ceiling_front": "C7",
+               "ceiling_bare": "0.8"}
+    width = 0.16
+    for index, scenario in enumerate(scenarios):
+        present = scenario["servers"]
+        for offset, server in enumerate(present):
+            x = index + (offset - (len(present) - 1) / 2) * width
+            value = scenario["figures"][server]["rows_per_s"]
+            axis.bar(x, value, width, color=colours[server])
+            base = scenario["ratios"].get(f"{server}/baseline")
+            if server == "service" and base:
+                axis.annotate(f"{base['requests_per_s']['median_of_rounds']:.2f}x", (x, value), ha="center",
+                              va="bottom", fontsize=7)
+            if headline:  # every round as a dot
+                axis.plot([x] * len(scenario["rounds"][server]),
+                          [r["requests_per_s"] * scenario["rows"] for r in scenario["rounds"][server]],
+                          ".", color="black", markersize=3)
+    for server, colour in colours.items():
+        axis.bar(0, 0, 0, color=colour, label=SERVERS[server])
     axis.set_yscale("log")
     axis.set_ylabel("rows per second (log)")
-    axis.set_xticks(positions, labels, fontsize=7, rotation=35, ha="right")
-    axis.legend()
-    axis.set_title("digits model, 2 gunicorn workers, wrk on the same 2 cores")
+    axis.set_xticks(range(len(scenarios)), [s["label"].replace(", ", "\n", 1) for s in scenarios],
+                    fontsize=7, rotation=30 if not headline else 0, ha="right" if not headline else "center")
+    if headline:
+        axis.legend(fontsize=7, loc="upper left")
+        axis.set_title(f"digits, headline: medians of {rounds} rounds (dots: each round)", fontsize=9)
+    else:
+        axis.set_title("digits, other scenarios (single runs)", fontsize=9)
 
 
 def plot_image(axis, figures: dict) -> None:
@@ -286,80 +481,77 @@ def plot_image(axis, figures: dict) -> None:
         axis.annotate(f"{value:,.0f}", (x, value), ha="center", va="bottom", fontsize=8)
     axis.set_xticks(positions, [b[0] for b in bars], fontsize=7)
     axis.set_ylabel("rows per second")
-    axis.legend(fontsize=7, loc="lower right")
-    axis.set_title(f"imported MobileNetV3Small 96x96x3, batch {figures['batch']}", fontsize=9)
+    axis.legend(fontsize=7, loc="upper right")
+    axis.set_title(f"imported MobileNetV3Small 96x96x3, batch {figures['batch']}, python -m service",
+                   fontsize=9)
 
 
 # --- main -------------------------------------------------------------------------------------
 
 def run_digits(args: argparse.Namespace) -> dict:
-    """The digits part: the service and the bare Flask baseline, alternating, and the floor."""
+    """The digits part: the floor, then every server, the headline in rounds, the rest once."""
     started = time.monotonic()
+    busy_before = others_busy()
+    if busy_before > 0.1:
+        print(f"  warning: other processes use {100 * busy_before:.0f}% of the machine's CPU; "
+              "the figures will be noisy", flush=True)
     floor = {}
     for model in ("demand", "digits", "digits-binary"):
         path = MODELS / model / "1" / "model.onnx"
-        floor[model] = {"1": floor_us(path, 1), "256": floor_us(path, 256), "32": floor_us(path, 32),
-                        "1024": floor_us(path, 1024)}
+        floor[model] = {str(rows): floor_us(path, rows) for rows in (1, 256, 1024)}
 
     service_env = {"SERVING_WORKERS": str(args.workers)}
     if args.threads:
         service_env["SERVING_THREADS"] = str(args.threads)
-    plan = scenarios(args.quick)
-    served_requests = 0
-    memory_samples = []
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, all_servers(Path(scratch), service_env) as servers:
         folder = Path(scratch)
-        with gunicorn(["--config", "service/gunicorn.conf.py"], service_env, folder / "service.log") \
-                as (service_url, service_process), \
-                gunicorn(["--workers", "2", "bench.baseline_app:app"], {}, folder / "baseline.log") \
-                as (baseline_url, _):
-            memory_samples.append({"requests": warm_up(service_url, 1000),
-                                   "workers": worker_memory(service_process)})
-            served_requests = memory_samples[0]["requests"]
-            baseline_cache: dict = {}
-            for step in plan:
-                body, header_length = body_file(folder, step["kind"], step["rows"], step["data"])
-                # The baseline speaks JSON only: binary and TF figures compare with its v2 JSON.
-                key = (step["rows"], step["c"], step["data"])
-                if key not in baseline_cache:
-                    json_body, _ = body_file(folder, "v2", step["rows"], step["data"])
-                    baseline_cache[key] = wrk(baseline_url + "/v2/models/digits/infer", json_body,
-                                              None, step["c"], args.seconds)
-                    step["baseline"] = baseline_cache[key]
-                step["baseline_figures"] = baseline_cache[key]
-                step["service"] = wrk(service_url + path_for(step["kind"]), body, header_length,
-                                      step["c"], args.seconds)
-                served_requests += step["service"]["requests"]
-                step["ratio_rps"] = (step["service"]["requests_per_s"]
-                                     / step["baseline_figures"]["requests_per_s"])
-                step["ratio_p99"] = step["service"]["p99_us"] / step["baseline_figures"]["p99_us"]
-                print(f"  {step['protocol']:<12} rows={step['rows']:<5} c={step['c']:<3} "
-                      f"{step['service']['requests_per_s']:8.0f} req/s  x{step['ratio_rps']:.2f} "
-                      f"of baseline", flush=True)
-            memory_samples.append({"requests": served_requests, "workers": worker_memory(service_process)})
+        single_body = v2_json(digits_rows(1))
+        samples = [{"requests": warm_up(servers["service"].url, single_body, 1000),
+                    "workers": servers["service"].worker_memory()}]
+        print(f"  servers up: service workers {servers['service'].gunicorn_workers()}, nginx "
+              f"{servers['service'].nginx_processes()}; {args.rounds} rounds of {args.seconds} s", flush=True)
+        headline = run_rounds(servers, folder, args.rounds, args.seconds)
+        others = [] if args.quick else run_others(servers, folder, args.seconds, headline)
+        served = samples[0]["requests"] + sum(
+            r["requests"] for s in headline + others for r in s["rounds"].get("service", []))
+        samples.append({"requests": served, "workers": servers["service"].worker_memory()})
+        if len(samples[-1]["workers"]) != args.workers:
+            raise RuntimeError(f"found {len(samples[-1]['workers'])} gunicorn workers of the service, "
+                               f"expected {args.workers}")
+
+    labels = {s["key"]: s["label"] for s in headline + others}
+    for scenario in headline + others:
+        if scenario.get("baseline"):
+            scenario["baseline_label"] = labels[scenario["baseline"]]
 
     def mean_of(sample, key):
         return statistics.mean(w[key] for w in sample["workers"])
 
-    memory = {
-        "samples": [{"requests": s["requests"], "rss_mb": mean_of(s, "rss_mb"),
-                     "pss_mb": mean_of(s, "pss_mb"), "workers": s["workers"]} for s in memory_samples],
-    }
+    memory = {"samples": [{"requests": s["requests"], "rss_mb": mean_of(s, "rss_mb"),
+                           "pss_mb": mean_of(s, "pss_mb"), "workers": s["workers"]} for s in samples]}
     memory["growth_percent"] = 100 * (memory["samples"][-1]["rss_mb"] / memory["samples"][0]["rss_mb"] - 1)
-    failures = sum(s[k]["non_2xx"] + s[k]["socket_errors"] for s in plan
-                   for k in ("service", "baseline") if k in s)
-    results = {
+    failures = sum(r["non_2xx"] + r["socket_errors"] for s in headline + others
+                   for rounds in s["rounds"].values() for r in rounds)
+    return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(), "onnxruntime": onnxruntime.__version__},
-        "settings": {"seconds_per_run": args.seconds, "workers": args.workers, "threads": args.threads,
-                     "baseline": "bench/baseline_app.py, gunicorn 2 sync workers"},
+                    "platform": platform.platform(), "onnxruntime": onnxruntime.__version__,
+                    "busy_before": busy_before},
+        "settings": {"rounds": args.rounds, "seconds_per_run": args.seconds, "workers": args.workers,
+                     "threads": args.threads, "servers": SERVERS,
+                     "service": "python -m service (nginx front door, gunicorn on a unix socket), "
+                                "validation, metrics and JSON access log on",
+                     "baseline": "bench/baseline_app.py, gunicorn 2 sync workers",
+                     "ceiling": "bench/ceiling_app.py, gunicorn 2 sync workers, bare and behind the "
+                                "service's nginx (service.nginx.render)",
+                     "ratios": "x base and x ceil: medians of the per-round ratios; ratios of the "
+                               "medians beside them (of_medians)"},
         "floor_us": floor,
-        "scenarios": plan,
+        "headline": headline,
+        "others": others,
         "memory": memory,
         "failed_requests": failures,
         "elapsed_s": time.monotonic() - started,
     }
-    return results
 
 
 def run_image(args: argparse.Namespace) -> dict:
@@ -376,17 +568,18 @@ def run_image(args: argparse.Namespace) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=4, help="per wrk run (default 4)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the headline scenarios (default 5)")
+    parser.add_argument("--seconds", type=int, default=3, help="per wrk run (default 3)")
+    parser.add_argument("--workers", type=int, default=WORKERS, help="the service's gunicorn workers")
     parser.add_argument("--threads", type=int, default=None, help="SERVING_THREADS for the service")
-    parser.add_argument("--quick", action="store_true", help="fewer scenarios, for a smoke test")
+    parser.add_argument("--quick", action="store_true", help="the headline only, for a smoke test")
     parser.add_argument("--output", type=Path, default=BENCH / "results.json")
     parser.add_argument("--only-image", action="store_true",
                         help="the image part alone; replaces its key (image_model) in --output")
     parser.add_argument("--no-image", action="store_true", help="skip the image part")
     parser.add_argument("--image-rounds", type=int, default=image.ROUNDS,
                         help=f"image part: rounds (default {image.ROUNDS})")
-    parser.add_argument("--image-seconds", type=float, default=image.SECONDS,
+    parser.add_argument("--image-seconds", type=int, default=image.SECONDS,
                         help=f"image part: seconds per floor or wrk run (default {image.SECONDS})")
     parser.add_argument("--image-connections", type=int, default=image.CONNECTIONS,
                         help=f"image part: wrk connections (default {image.CONNECTIONS})")
@@ -398,6 +591,8 @@ def main() -> int:
         return 1
     if any("=" not in setting for setting in args.image_env):
         parser.error("--image-env takes SERVING_NAME=VALUE")
+    if args.rounds < 1 or args.seconds < 1:
+        parser.error("--rounds and --seconds take positive integers")
 
     if args.only_image:
         results = {}
