@@ -29,6 +29,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+from bench import grpc as grpc_part
 from bench import image
 from bench.harness import ROOT, Server, behind_front_door, front_door, gunicorn, others_busy, warm_up, wrk
 
@@ -566,6 +568,33 @@ def run_image(args: argparse.Namespace) -> dict:
     return figures
 
 
+def run_grpc(args: argparse.Namespace) -> dict:
+    """The gRPC part (bench/grpc.py): gRPC by h2load beside REST by wrk, one python -m service."""
+    environment = {"SERVING_WORKERS": str(args.workers), **dict(s.split("=", 1) for s in args.grpc_env)}
+    with tempfile.TemporaryDirectory() as scratch:
+        return grpc_part.run(Path(scratch), rounds=args.grpc_rounds, seconds=args.grpc_seconds,
+                             environment=environment, log=lambda line: print(line, flush=True))
+
+
+def run_only_grpc(args: argparse.Namespace) -> int:
+    """--only-grpc: the gRPC part alone, its key (grpc) replaced in --output."""
+    results = {}
+    with contextlib.suppress(OSError, ValueError):
+        results = json.loads(args.output.read_text())
+    try:
+        results["grpc"] = run_grpc(args)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+        print(f"gRPC part failed: {error}", file=sys.stderr)
+        return 1
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print()
+    print("\n".join(grpc_part.lines(results["grpc"])))
+    failures = results["grpc"]["failed_requests"]
+    print(f"\nfailed requests: {failures}; {results['grpc']['elapsed_s']:.0f} s; "
+          f"written {display(args.output)}")
+    return 1 if failures else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the headline scenarios (default 5)")
@@ -577,6 +606,15 @@ def main() -> int:
     parser.add_argument("--only-image", action="store_true",
                         help="the image part alone; replaces its key (image_model) in --output")
     parser.add_argument("--no-image", action="store_true", help="skip the image part")
+    parser.add_argument("--only-grpc", action="store_true",
+                        help="the gRPC part alone (bench/grpc.py); replaces its key (grpc) in --output")
+    parser.add_argument("--no-grpc", action="store_true", help="skip the gRPC part")
+    parser.add_argument("--grpc-rounds", type=int, default=grpc_part.ROUNDS,
+                        help=f"gRPC part: rounds (default {grpc_part.ROUNDS})")
+    parser.add_argument("--grpc-seconds", type=int, default=grpc_part.SECONDS,
+                        help=f"gRPC part: seconds per run (default {grpc_part.SECONDS})")
+    parser.add_argument("--grpc-env", action="append", default=[], metavar="SERVING_NAME=VALUE",
+                        help="gRPC part: a service setting, e.g. SERVING_GRPC_THREADS=1 (repeatable)")
     parser.add_argument("--image-rounds", type=int, default=image.ROUNDS,
                         help=f"image part: rounds (default {image.ROUNDS})")
     parser.add_argument("--image-seconds", type=int, default=image.SECONDS,
@@ -589,17 +627,25 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
         return 1
-    if any("=" not in setting for setting in args.image_env):
+    if any("=" not in setting for setting in args.image_env + args.grpc_env):
         parser.error("--image-env takes SERVING_NAME=VALUE")
     if args.rounds < 1 or args.seconds < 1:
         parser.error("--rounds and --seconds take positive integers")
 
+    if args.only_grpc:
+        return run_only_grpc(args)
     if args.only_image:
         results = {}
         with contextlib.suppress(OSError, ValueError):
             results = json.loads(args.output.read_text())
     else:
         results = run_digits(args)
+    if not args.no_grpc and not args.only_image:
+        try:
+            results["grpc"] = run_grpc(args)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+            print(f"gRPC part failed: {error}", file=sys.stderr)
+            return 1
     if not args.no_image:
         try:
             results["image_model"] = run_image(args)
@@ -612,9 +658,13 @@ def main() -> int:
     if not args.only_image:
         print(table(results))
         print()
+    if "grpc" in results and not args.only_image:
+        print("\n".join(grpc_part.lines(results["grpc"])))
+        print()
     if "image_model" in results:
         print("\n".join(image.lines(results["image_model"])))
-    failures = (0 if args.only_image else results["failed_requests"]) + \
+    failures = (0 if args.only_image else results["failed_requests"]
+                + results.get("grpc", {}).get("failed_requests", 0)) + \
         results.get("image_model", {}).get("failed_requests", 0)
     elapsed = (0 if args.only_image else results["elapsed_s"]) + \
         results.get("image_model", {}).get("elapsed_s", 0)
