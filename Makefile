@@ -70,7 +70,7 @@ $(VENV)/.container-installed: $(VENV)/.dev-installed
 # in front) against a bare Flask baseline and a raw-WSGI ceiling, the headline in alternating
 # rounds; then an imported MobileNetV3Small against its onnxruntime floor (python -m bench.run --only-image).
 bench: $(VENV)/.dev-installed $(STUBS)
-	bash scripts/system-packages.sh nginx-light=nginx wrk=wrk
+	bash scripts/system-packages.sh nginx-light=nginx wrk=wrk nghttp2-client=h2load
 	$(BIN)/python -m bench.run
 
 # Two minutes at concurrency 32 through the front door: no failed request, stable p99, flat
