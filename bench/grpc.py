@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import Server, cpu_seconds, free_port, front_door, machine_cpu, wrk
+from bench.harness import Server, cpu_seconds, free_port, front_door, machine_cpu, medians, wrk
 
 ROUNDS = 3
 SECONDS = 4
@@ -173,15 +173,7 @@ def run(folder: Path, rounds: int = ROUNDS, seconds: int = SECONDS, environment:
                 f"{key} {s['rounds'][-1]['requests_per_s']:.0f}" for key, s in by_key.items()) + " req/s")
 
     for scenario in by_key.values():
-        runs = scenario["rounds"]
-        scenario["figures"] = {
-            "requests_per_s": statistics.median(r["requests_per_s"] for r in runs),
-            "rows_per_s": statistics.median(r["requests_per_s"] for r in runs) * scenario["rows"],
-            "p50_us": statistics.median(r["p50_us"] for r in runs),
-            "p99_us": statistics.median(r["p99_us"] for r in runs),
-            "cpu_us_per_request": {part: statistics.median(r["cpu_us_per_request"][part] for r in runs)
-                                   for part in runs[0]["cpu_us_per_request"]},
-        }
+        scenario["figures"] = medians(scenario["rounds"], scenario["rows"])
     targets = []
     for mine, theirs, figure, limit in TARGETS:
         scale = by_key[mine]["rows"] / by_key[theirs]["rows"]

@@ -23,6 +23,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -314,3 +315,16 @@ def warm_up(url: str, body: bytes, count: int) -> int:
                                          headers={"Content-Type": "application/json"})
         urllib.request.urlopen(request, timeout=5).read()
     return count
+
+
+def medians(rounds: list[dict], rows: int) -> dict:
+    """Medians of a scenario's rounds (wrk or h2load results): requests/s, rows/s, p50, p99 and
+    CPU per request by part."""
+    return {
+        "requests_per_s": statistics.median(r["requests_per_s"] for r in rounds),
+        "rows_per_s": statistics.median(r["requests_per_s"] for r in rounds) * rows,
+        "p50_us": statistics.median(r["p50_us"] for r in rounds),
+        "p99_us": statistics.median(r["p99_us"] for r in rounds),
+        "cpu_us_per_request": {part: statistics.median(r["cpu_us_per_request"][part] for r in rounds)
+                               for part in rounds[0]["cpu_us_per_request"]},
+    }

@@ -40,7 +40,17 @@ import onnxruntime
 
 from bench import grpc as grpc_part
 from bench import image
-from bench.harness import ROOT, Server, behind_front_door, front_door, gunicorn, others_busy, warm_up, wrk
+from bench.harness import (
+    ROOT,
+    Server,
+    behind_front_door,
+    front_door,
+    gunicorn,
+    medians,
+    others_busy,
+    warm_up,
+    wrk,
+)
 
 BENCH = ROOT / "bench"
 MODELS = ROOT / "models"
@@ -187,12 +197,7 @@ def summarise(scenario: dict) -> None:
     scenario["figures"] = {}
     for server, rounds in scenario["rounds"].items():
         scenario["figures"][server] = {
-            "requests_per_s": statistics.median(r["requests_per_s"] for r in rounds),
-            "rows_per_s": statistics.median(r["requests_per_s"] for r in rounds) * scenario["rows"],
-            "p50_us": statistics.median(r["p50_us"] for r in rounds),
-            "p99_us": statistics.median(r["p99_us"] for r in rounds),
-            "cpu_us_per_request": {part: statistics.median(r["cpu_us_per_request"][part] for r in rounds)
-                                   for part in rounds[0]["cpu_us_per_request"]},
+            **medians(rounds, scenario["rows"]),
             # What the server's processes spend on a request (gunicorn's workers and nginx, not
             # wrk): the figure that sets its capacity on cores of its own.
             "server_cpu_us_per_request": statistics.median(
