@@ -15,6 +15,7 @@ from service.dataplane import DataPlane
 from service.openapi import document as openapi_document
 from service.protocols import tfserving, v2
 from service.protocols.common import METRIC_LABELS, json_response
+from service.protocols.hot_path import HotPath
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -36,12 +37,12 @@ def build_app(config: Mapping | None = None) -> Flask:
     ).load()
     metrics.record_registry(registry)
     app.extensions["settings"] = settings
-    app.extensions["data_plane"] = DataPlane(registry, settings)
+    data_plane = app.extensions["data_plane"] = DataPlane(registry, settings)
 
     errors.register(app)
     app.register_blueprint(v2.blueprint)
     app.register_blueprint(tfserving.blueprint)
-    app.wsgi_app = RequestObserver(app.wsgi_app)
+    app.wsgi_app = RequestObserver(HotPath(app.wsgi_app, data_plane, settings.max_body_bytes))
 
     @app.get("/")
     def page():

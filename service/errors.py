@@ -1,4 +1,5 @@
-"""Errors that carry their own HTTP status, and the one place that turns any error into JSON."""
+"""Errors that carry their own HTTP status, and the one place that turns any error into JSON
+(`answer`, used by the Flask handlers and by the plain-WSGI hot path)."""
 
 from __future__ import annotations
 
@@ -47,12 +48,17 @@ def error_response(message: str, status: int) -> Response:
     return Response(orjson.dumps({"error": message}), status=status, mimetype="application/json")
 
 
+def answer(error: Exception) -> tuple[int, bytes]:
+    """The status and JSON body for an error raised while serving: its own status for a
+    ServiceError; anything else is logged with its trace and answered 500 without one."""
+    if isinstance(error, ServiceError):
+        return error.status, orjson.dumps({"error": error.message})
+    log.error("unhandled error", exc_info=error)
+    return 500, orjson.dumps({"error": f"internal error ({type(error).__name__})"})
+
+
 def register(app: Flask) -> None:
     """Every error mapping, in one place; the last resort logs and answers 500 without a trace."""
-
-    @app.errorhandler(ServiceError)
-    def service_error(error: ServiceError):
-        return error_response(error.message, error.status)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
@@ -68,6 +74,6 @@ def register(app: Flask) -> None:
         return response
 
     @app.errorhandler(Exception)
-    def unexpected(error: Exception):
-        log.exception("unhandled error")
-        return error_response(f"internal error ({type(error).__name__})", 500)
+    def service_error(error: Exception):
+        status, body = answer(error)
+        return Response(body, status=status, mimetype="application/json")

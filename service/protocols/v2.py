@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from service import __version__
 from service.codecs import v2 as codec
 from service.codecs.json import parse_object
+from service.dataplane import DataPlane
 from service.errors import BadRequest
-from service.protocols.common import body, check_content_type, json_response, plane, resolve
+from service.protocols.common import (
+    body,
+    body_in,
+    check_content_type_in,
+    json_response,
+    plane,
+    resolve,
+    resolve_in,
+)
 
 blueprint = Blueprint("v2", __name__)
 
@@ -93,14 +102,24 @@ def model_ready(name: str, version: str | None = None):
 @blueprint.post("/v2/models/<name>/infer")
 @blueprint.post("/v2/models/<name>/versions/<version>/infer")
 def model_infer(name: str, version: str | None = None):
-    model = resolve(name, version, "v2")
-    check_content_type("application/json", "application/octet-stream")
-    inference = codec.decode_request(body(), request.environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
-    response = plane().infer(model, inference)
+    """POST is answered by the hot path in front of Flask (service/protocols/hot_path.py) with
+    the same `infer`; the rule keeps the route in the URL map: 405 for other methods, OpenAPI."""
+    payload, headers = infer(request.environ, plane(), current_app.config["MAX_CONTENT_LENGTH"],
+                             name, version)
+    return Response(payload, headers=headers)
+
+
+def infer(environ: dict, data_plane: DataPlane, limit: int, name: str,
+          version: str | None) -> tuple[bytes, list[tuple[str, str]]]:
+    """An inference request, from the WSGI environ to the response body and its headers."""
+    model = resolve_in(environ, data_plane, name, version, "v2")
+    check_content_type_in(environ, "application/json", "application/octet-stream")
+    inference = codec.decode_request(body_in(environ, limit),
+                                     environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
+    response = data_plane.infer(model, inference)
     payload, header_length = codec.encode_response(
         response, codec.binary_outputs(inference, response.outputs))
     if header_length is None:
-        return Response(payload, mimetype="application/json")
-    reply = Response(payload, mimetype="application/octet-stream")
-    reply.headers[codec.HEADER_LENGTH] = str(header_length)
-    return reply
+        return payload, [("Content-Type", "application/json")]
+    return payload, [("Content-Type", "application/octet-stream"),
+                     (codec.HEADER_LENGTH, str(header_length))]
