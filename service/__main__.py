@@ -83,6 +83,7 @@ def main() -> int:
     # Before any child starts: gunicorn's workers and the gRPC processes write their samples here.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(runtime / "metrics"))
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    os.environ["SERVING_BODY_FILES"] = str(runtime / "client-body")  # see service/nginx.py
     children: dict[str, subprocess.Popen] = {}
     pool = grpc_pool.Pool(settings.workers)
     stopping = False

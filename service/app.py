@@ -42,7 +42,7 @@ def build_app(config: Mapping | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(v2.blueprint)
     app.register_blueprint(tfserving.blueprint)
-    app.wsgi_app = RequestObserver(HotPath(app.wsgi_app, data_plane, settings.max_body_bytes))
+    app.wsgi_app = RequestObserver(HotPath(app.wsgi_app, data_plane))
 
     @app.get("/")
     def page():

@@ -30,6 +30,16 @@ ERRORS = {
 # 494 is nginx's own code for oversized headers; clients get a 400 (nginx's answer, too).
 CLIENT_STATUS = {494: 400}
 ERROR_PAGES = "/.front-door-errors/"
+# Bodies of a million bytes or more (a batch of images) are handed to gunicorn as a file: nginx
+# keeps them in one anyway, and a worker reads 3.5 MB from the page cache in about 0.2 ms of
+# CPU, against 3.3 ms through the unix socket, with nginx spared reading the file back.
+LARGE_BODY_DIGITS = 7
+LARGE_BODIES = "/.front-door-large-bodies"
+BODY_FILE_HEADER = "X-Front-Door-Body-File"  # service.protocols.common.BODY_FILE
+PROXY_HEADERS = """proxy_set_header Host $http_host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header Connection "";"""
 
 
 def listen_directive(bind: str) -> str:
@@ -75,14 +85,23 @@ http {{
     proxy_read_timeout {settings.timeout + 5}s;
     proxy_http_version 1.0;  # sync workers close every connection: no upstream keep-alive
     upstream service {{ server unix:{upstream}; }}
+    map $content_length $large_body {{ default 0; "~^[0-9]{{{LARGE_BODY_DIGITS},}}$" 1; }}
     server {{
         {listen_directive(settings.bind)}
+        if ($large_body) {{ rewrite ^ {LARGE_BODIES}$uri last; }}
         location / {{
             proxy_pass http://service;
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header Connection "";
+            {PROXY_HEADERS}
+            proxy_set_header {BODY_FILE_HEADER} "";  # never the client's
+        }}
+        location ^~ {LARGE_BODIES}/ {{
+            internal;
+            client_body_in_file_only clean;  # deleted when the answer is sent
+            proxy_pass_request_body off;
+            proxy_pass http://service$request_uri;
+            {PROXY_HEADERS}
+            proxy_set_header Content-Length "";
+            proxy_set_header {BODY_FILE_HEADER} $request_body_file;
         }}
 {pages}
     }}

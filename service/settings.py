@@ -50,6 +50,9 @@ class Settings:
     # on this address (SO_REUSEPORT), each with this many handler threads.
     grpc_bind: str = "0.0.0.0:8081"
     grpc_threads: int = 4
+    # Set by the front door for gunicorn: the folder where nginx leaves large request bodies
+    # (see service/nginx.py); a worker reads a body from there only when nginx says so.
+    body_files: Path | None = None
 
     @classmethod
     def load(cls, overrides: Mapping | None = None, environ: Mapping | None = None) -> Settings:
@@ -67,7 +70,7 @@ class Settings:
 
 
 def _convert(name: str, value, kind: str):
-    if kind == "Path":
+    if kind.startswith("Path"):
         return Path(value)
     if kind == "int":
         try:

@@ -22,10 +22,9 @@ STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HT
 
 
 class HotPath:
-    def __init__(self, flask_wsgi, data_plane: DataPlane, max_body_bytes: int):
+    def __init__(self, flask_wsgi, data_plane: DataPlane):
         self.flask_wsgi = flask_wsgi
         self.data_plane = data_plane
-        self.max_body_bytes = max_body_bytes
 
     def __call__(self, environ, start_response):
         if environ["REQUEST_METHOD"] == "POST":
@@ -36,8 +35,8 @@ class HotPath:
 
     def v2_infer(self, environ, start_response, name: str, version: str | None):
         try:
-            payload, headers = v2.infer(environ, self.data_plane, self.max_body_bytes,
-                                        _text(name), version and _text(version))
+            payload, headers = v2.infer(environ, self.data_plane, _text(name),
+                                        version and _text(version))
             status = 200
         except Exception as error:  # the one error mapping decides what to say
             status, payload = answer(error)

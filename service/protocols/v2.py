@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
 from service import __version__
 from service.codecs import v2 as codec
@@ -104,17 +104,16 @@ def model_ready(name: str, version: str | None = None):
 def model_infer(name: str, version: str | None = None):
     """POST is answered by the hot path in front of Flask (service/protocols/hot_path.py) with
     the same `infer`; the rule keeps the route in the URL map: 405 for other methods, OpenAPI."""
-    payload, headers = infer(request.environ, plane(), current_app.config["MAX_CONTENT_LENGTH"],
-                             name, version)
+    payload, headers = infer(request.environ, plane(), name, version)
     return Response(payload, headers=headers)
 
 
-def infer(environ: dict, data_plane: DataPlane, limit: int, name: str,
+def infer(environ: dict, data_plane: DataPlane, name: str,
           version: str | None) -> tuple[bytes, list[tuple[str, str]]]:
     """An inference request, from the WSGI environ to the response body and its headers."""
     model = resolve_in(environ, data_plane, name, version, "v2")
     check_content_type_in(environ, "application/json", "application/octet-stream")
-    inference = codec.decode_request(body_in(environ, limit),
+    inference = codec.decode_request(body_in(environ, data_plane.settings),
                                      environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
     response = data_plane.infer(model, inference)
     payload, header_length = codec.encode_response(
