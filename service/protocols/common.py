@@ -11,15 +11,18 @@ from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.registry import LoadedModel
 
 METRIC_LABELS = "serving.metric_labels"  # WSGI environ key: [model, version, protocol]
+INFERENCE = "serving.inference"  # WSGI environ key, set on inference routes: counted in the statistics
 
 
 def plane() -> DataPlane:
     return current_app.extensions["data_plane"]
 
 
-def resolve(name: str, version: str | None, protocol: str) -> LoadedModel:
-    """The model asked for; its labels go to the request metrics (see service.app.RequestObserver)."""
+def resolve(name: str, version: str | None, protocol: str, inference: bool = False) -> LoadedModel:
+    """The model asked for; its labels go to the request metrics (see service.app.RequestObserver),
+    and to the statistics for an inference request."""
     labels = request.environ[METRIC_LABELS] = ["", "", protocol]
+    request.environ[INFERENCE] = inference
     model = plane().model(name, version)
     labels[:2] = model.name, str(model.version)
     return model
