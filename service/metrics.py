@@ -39,7 +39,8 @@ INFERENCE_SECONDS = Histogram(
     ["model", "version"], buckets=LATENCY_BUCKETS,
 )
 BATCH_ROWS = Histogram(
-    "serving_batch_size_rows", "Rows per inference call, by model.", ["model"], buckets=ROW_BUCKETS,
+    "serving_batch_size_rows", "Rows per inference call, by model and version.", ["model", "version"],
+    buckets=ROW_BUCKETS,
 )
 LOAD_FAILURES = Counter(
     "serving_model_load_failures_total", "Model versions that failed to load, per worker start.",
@@ -51,9 +52,6 @@ INFERENCE_REQUESTS = Summary(
     "Inference requests (v2 infer, TF Serving predict and explain, gRPC ModelInfer) by model, "
     "version and outcome (success: a 2xx or OK answer, else fail), and their time from request "
     "to response.", ["model", "version", "outcome"],
-)
-INFERENCE_ROWS = Counter(
-    "serving_inference_rows", "Rows inferred, by model and version.", ["model", "version"],
 )
 INPUT_SECONDS = Counter(
     "serving_input_preparation_seconds", "Time checking and converting inputs into the model's "
@@ -78,8 +76,8 @@ def _request_children(model: str, version: str, protocol: str, status: str):
 
 @lru_cache(maxsize=1024)
 def _inference_children(model: str, version: str):
-    return (INFERENCE_SECONDS.labels(model, version), BATCH_ROWS.labels(model),
-            INFERENCE_ROWS.labels(model, version), INPUT_SECONDS.labels(model, version))
+    return (INFERENCE_SECONDS.labels(model, version), BATCH_ROWS.labels(model, version),
+            INPUT_SECONDS.labels(model, version))
 
 
 @lru_cache(maxsize=1024)
@@ -96,10 +94,9 @@ def observe_request(model: str, version: str, protocol: str, status: str, second
 def observe_inference(model: str, version: str, rows: int, input_seconds: float,
                       seconds: float) -> None:
     """One successful run of the model: its rows, the time preparing its inputs and inside it."""
-    duration, batch, total_rows, input_duration = _inference_children(model, version)
+    duration, batch, input_duration = _inference_children(model, version)
     duration.observe(seconds)
     batch.observe(rows)
-    total_rows.inc(rows)
     input_duration.inc(input_seconds)
 
 

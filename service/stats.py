@@ -18,7 +18,7 @@ TOTALS = {
     "serving_inference_duration_seconds_count": "executions",
     "serving_inference_duration_seconds_sum": "infer_seconds",
     "serving_input_preparation_seconds_total": "input_seconds",
-    "serving_inference_rows_total": "rows",
+    "serving_batch_size_rows_sum": "rows",
 }
 LAST_INFERENCE = "serving_last_inference_timestamp_seconds"
 
