@@ -80,7 +80,7 @@ class RequestObserver:
             if labels is not None:  # model routes only: probes and /metrics are not counted
                 seconds = time.perf_counter() - started
                 metrics.observe_request(*labels, status[:3], seconds)
-                if environ[INFERENCE] and labels[0]:  # a resolved model's inference request
+                if environ.get(INFERENCE) and labels[0]:  # a resolved model's inference request
                     metrics.observe_inference_request(labels[0], labels[1], status[0] == "2", seconds)
             return start_response(status, headers, exc_info)
 
