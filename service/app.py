@@ -14,7 +14,7 @@ from service import errors, metrics
 from service.dataplane import DataPlane
 from service.openapi import document as openapi_document
 from service.protocols import tfserving, v2
-from service.protocols.common import METRIC_LABELS, json_response
+from service.protocols.common import INFERENCE, METRIC_LABELS, json_response
 from service.protocols.hot_path import HotPath
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -79,7 +79,10 @@ class RequestObserver:
             headers.append((REQUEST_ID, request_id))
             labels = environ.get(METRIC_LABELS)
             if labels is not None:  # model routes only: probes and /metrics are not counted
-                metrics.observe_request(*labels, status[:3], time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                metrics.observe_request(*labels, status[:3], seconds)
+                if environ.get(INFERENCE) and labels[0]:  # a resolved model's inference request
+                    metrics.observe_inference_request(labels[0], labels[1], status[0] == "2", seconds)
             return start_response(status, headers, exc_info)
 
         return self.wsgi_app(environ, start)

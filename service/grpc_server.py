@@ -54,8 +54,9 @@ CODES = {
 }
 
 
-def rpc(counted: bool):
-    """Every error mapped to its status code in one place; model calls counted in the metrics."""
+def rpc(counted: bool, inference: bool = False):
+    """Every error mapped to its status code in one place; model calls counted in the metrics,
+    inference calls in the statistics too."""
 
     def wrap(method):
         @functools.wraps(method)
@@ -72,7 +73,10 @@ def rpc(counted: bool):
                 code, message = grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__})"
             finally:
                 if counted:
-                    metrics.observe_request(*labels, "grpc", code.name, time.perf_counter() - started)
+                    seconds = time.perf_counter() - started
+                    metrics.observe_request(*labels, "grpc", code.name, seconds)
+                    if inference and labels[0]:
+                        metrics.observe_inference_request(*labels, code == grpc.StatusCode.OK, seconds)
             context.abort(code, message)
 
         return handler
@@ -115,7 +119,7 @@ class InferenceServicer(services.GRPCInferenceServiceServicer):
         model = self.resolve(request.name, request.version, labels)
         return codec.encode_metadata(model, sorted(self.plane.registry.models.get(model.name, {})))
 
-    @rpc(counted=True)
+    @rpc(counted=True, inference=True)
     def ModelInfer(self, request, context, labels):
         model = self.resolve(request.model_name, request.model_version, labels)
         inference = codec.decode_request(request)

@@ -8,6 +8,7 @@ variable (the Flask test client, a single process) the default in-memory registr
 from __future__ import annotations
 
 import os
+import time
 from functools import lru_cache
 
 from prometheus_client import (
@@ -17,6 +18,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Summary,
     generate_latest,
     multiprocess,
 )
@@ -37,11 +39,27 @@ INFERENCE_SECONDS = Histogram(
     ["model", "version"], buckets=LATENCY_BUCKETS,
 )
 BATCH_ROWS = Histogram(
-    "serving_batch_size_rows", "Rows per inference call, by model.", ["model"], buckets=ROW_BUCKETS,
+    "serving_batch_size_rows", "Rows per inference call, by model and version.", ["model", "version"],
+    buckets=ROW_BUCKETS,
 )
 LOAD_FAILURES = Counter(
     "serving_model_load_failures_total", "Model versions that failed to load, per worker start.",
     ["model", "version"],
+)
+# What the statistics extension reports (service/stats.py) beyond the above.
+INFERENCE_REQUESTS = Summary(
+    "serving_inference_request_duration_seconds",
+    "Inference requests (v2 infer, TF Serving predict and explain, gRPC ModelInfer) by model, "
+    "version and outcome (success: a 2xx or OK answer, else fail), and their time from request "
+    "to response.", ["model", "version", "outcome"],
+)
+INPUT_SECONDS = Counter(
+    "serving_input_preparation_seconds", "Time checking and converting inputs into the model's "
+    "feeds, by model and version.", ["model", "version"],
+)
+LAST_INFERENCE = Gauge(
+    "serving_last_inference_timestamp_seconds", "When the model version last answered an "
+    "inference request, in seconds since the epoch.", ["model", "version"], multiprocess_mode="max",
 )
 MODEL_READY = Gauge(
     "serving_model_ready", "1 when the model version is loaded in every live worker, else 0.",
@@ -58,7 +76,13 @@ def _request_children(model: str, version: str, protocol: str, status: str):
 
 @lru_cache(maxsize=1024)
 def _inference_children(model: str, version: str):
-    return INFERENCE_SECONDS.labels(model, version), BATCH_ROWS.labels(model)
+    return (INFERENCE_SECONDS.labels(model, version), BATCH_ROWS.labels(model, version),
+            INPUT_SECONDS.labels(model, version))
+
+
+@lru_cache(maxsize=1024)
+def _inference_request_children(model: str, version: str, outcome: str):
+    return INFERENCE_REQUESTS.labels(model, version, outcome), LAST_INFERENCE.labels(model, version)
 
 
 def observe_request(model: str, version: str, protocol: str, status: str, seconds: float) -> None:
@@ -67,10 +91,19 @@ def observe_request(model: str, version: str, protocol: str, status: str, second
     duration.observe(seconds)
 
 
-def observe_inference(model: str, version: str, rows: int, seconds: float) -> None:
-    duration, batch = _inference_children(model, version)
+def observe_inference(model: str, version: str, rows: int, input_seconds: float,
+                      seconds: float) -> None:
+    """One successful run of the model: its rows, the time preparing its inputs and inside it."""
+    duration, batch, input_duration = _inference_children(model, version)
     duration.observe(seconds)
     batch.observe(rows)
+    input_duration.inc(input_seconds)
+
+
+def observe_inference_request(model: str, version: str, succeeded: bool, seconds: float) -> None:
+    duration, last = _inference_request_children(model, version, "success" if succeeded else "fail")
+    duration.observe(seconds)
+    last.set(time.time())
 
 
 def record_registry(registry) -> None:
@@ -83,9 +116,14 @@ def record_registry(registry) -> None:
             LOAD_FAILURES.labels(name, str(version)).inc()
 
 
-def exposition() -> tuple[bytes, str]:
+def current() -> CollectorRegistry:
+    """Every process's samples, summed (multiprocess mode), or this process's."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def exposition() -> tuple[bytes, str]:
+    return generate_latest(current()), CONTENT_TYPE_LATEST

@@ -117,6 +117,18 @@ SCHEMAS = {
             "version": {"type": "string"}, "state": {"type": "string"},
             "status": {"type": "object", "properties": {
                 "error_code": {"type": "string"}, "error_message": {"type": "string"}}}}}}}},
+    "Duration": {"type": "object", "required": ["count", "ns"], "properties": {
+        "count": {"type": "integer", "minimum": 0}, "ns": {"type": "integer", "minimum": 0}}},
+    "Statistics": {"type": "object", "required": ["model_stats"], "properties": {"model_stats": {
+        "type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "last_inference": {"type": "integer", "description": "ms since the epoch, 0 for never"},
+            "inference_count": {"type": "integer", "description": "rows inferred"},
+            "execution_count": {"type": "integer", "description": "runs of the model"},
+            "inference_stats": {"type": "object", "properties": {key: _ref("Duration") for key in (
+                "success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
+                "cache_hit")}},
+            "batch_stats": {"type": "array", "items": {"type": "object"}}}}}}},
     "Metadata": {"type": "object", "properties": {
         "model_spec": {"type": "object"}, "metadata": {"type": "object"}}},
 }
@@ -152,6 +164,12 @@ def document() -> dict:
         "model metadata", _json(_ref("ModelMetadata"), "metadata"), "404", "503", params=p))
     _with_versions(paths, "/v2/models/{name}", "/ready", lambda p: _get(
         "model readiness", _json({"type": "object"}, "ready"), "404", "503", params=p))
+    paths["/v2/models/stats"] = _get(
+        "statistics of every loaded version of every model (Triton's statistics extension)",
+        _json(_ref("Statistics"), "statistics"), params=())
+    _with_versions(paths, "/v2/models/{name}", "/stats", lambda p: _get(
+        "statistics of every loaded version of the model, or of one version, summed across "
+        "processes", _json(_ref("Statistics"), "statistics"), "404", "503", params=p))
     _with_versions(paths, "/v2/models/{name}", "/infer", lambda p: _post(
         "inference (JSON, or the binary tensor data extension with the header "
         "Inference-Header-Content-Length)", "InferRequest",

@@ -17,6 +17,7 @@ from service.registry import LoadedModel
 from service.settings import Settings
 
 METRIC_LABELS = "serving.metric_labels"  # WSGI environ key: [model, version, protocol]
+INFERENCE = "serving.inference"  # WSGI environ key, set on inference routes: counted in the statistics
 BODY_FILE = "HTTP_X_FRONT_DOOR_BODY_FILE"  # set by nginx for large bodies (service/nginx.py)
 
 
@@ -24,14 +25,16 @@ def plane() -> DataPlane:
     return current_app.extensions["data_plane"]
 
 
-def resolve(name: str, version: str | None, protocol: str) -> LoadedModel:
-    return resolve_in(request.environ, plane(), name, version, protocol)
+def resolve(name: str, version: str | None, protocol: str, inference: bool = False) -> LoadedModel:
+    return resolve_in(request.environ, plane(), name, version, protocol, inference)
 
 
 def resolve_in(environ: dict, data_plane: DataPlane, name: str, version: str | None,
-               protocol: str) -> LoadedModel:
-    """The model asked for; its labels go to the request metrics (see service.app.RequestObserver)."""
+               protocol: str, inference: bool = False) -> LoadedModel:
+    """The model asked for; its labels go to the request metrics (see service.app.RequestObserver),
+    and to the statistics for an inference request."""
     labels = environ[METRIC_LABELS] = ["", "", protocol]
+    environ[INFERENCE] = inference
     model = data_plane.model(name, version)
     labels[:2] = model.name, str(model.version)
     return model

@@ -52,7 +52,7 @@ def model_call(name_verb: str, name: str | None = None):
     if verb not in VERBS or not target:
         raise BadRequest(f"the path must end in :{' or :'.join(VERBS)}")
     model_name, version = (target, None) if name is None else (name, target)
-    model = resolve(model_name, version, "tfserving" if verb == "predict" else "explain")
+    model = resolve(model_name, version, "tfserving" if verb == "predict" else "explain", inference=True)
     check_content_type("application/json")
     raw = body()
     inference, row_format = codec.decode_request(parse_object(raw), model.card, may_hold_booleans(raw))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from service import __version__
+from service import __version__, stats
 from service.codecs import v2 as codec
 from service.codecs.json import parse_object
 from service.dataplane import DataPlane
@@ -25,7 +25,7 @@ blueprint = Blueprint("v2", __name__)
 @blueprint.get("/v2")
 def server_metadata():
     return json_response({"name": "onnx-serving", "version": __version__,
-                          "extensions": ["binary_tensor_data", "model_repository"]})
+                          "extensions": ["binary_tensor_data", "model_repository", "statistics"]})
 
 
 @blueprint.get("/v2/health/live")
@@ -99,6 +99,14 @@ def model_ready(name: str, version: str | None = None):
     return json_response({"name": model.name, "version": str(model.version), "ready": True})
 
 
+@blueprint.get("/v2/models/stats")
+@blueprint.get("/v2/models/<name>/stats")
+@blueprint.get("/v2/models/<name>/versions/<version>/stats")
+def model_statistics(name: str | None = None, version: str | None = None):
+    """Triton's statistics extension (service/stats.py), summed across every process."""
+    return json_response(stats.statistics(plane().registry, name, version))
+
+
 @blueprint.post("/v2/models/<name>/infer")
 @blueprint.post("/v2/models/<name>/versions/<version>/infer")
 def model_infer(name: str, version: str | None = None):
@@ -111,7 +119,7 @@ def model_infer(name: str, version: str | None = None):
 def infer(environ: dict, data_plane: DataPlane, name: str,
           version: str | None) -> tuple[bytes, list[tuple[str, str]]]:
     """An inference request, from the WSGI environ to the response body and its headers."""
-    model = resolve_in(environ, data_plane, name, version, "v2")
+    model = resolve_in(environ, data_plane, name, version, "v2", inference=True)
     check_content_type_in(environ, "application/json", "application/octet-stream")
     inference = codec.decode_request(body_in(environ, data_plane.settings),
                                      environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
