@@ -248,7 +248,7 @@ def test_inference_service_selects_the_runtime(isvc, runtime):
     offered = [f for f in runtime["spec"]["supportedModelFormats"] if f["name"] == wanted["name"]]
     assert offered, wanted
     assert "version" not in wanted or wanted["version"] in {f.get("version") for f in offered}
-    # Named, so that KServe checks it against the runtime instead of assuming v1.
+    # Named, so that KServe checks it against the runtime's list.
     assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
 
 
