@@ -1,6 +1,7 @@
-"""deploy/: the kustomize base and overlay rendered and validated offline, the KServe resource, the
+"""deploy/: the kustomize base and overlay rendered and validated offline, the KServe resources, the
 numbers that must agree (workers and CPU, grace period and drain time, probes and routes), and
-checkov on the manifests and the Dockerfile.
+checkov on the manifests and the Dockerfile. (tests/test_kserve_runtime.py checks the KServe
+resources against KServe's CRDs, and the runtime against the server.)
 
 Rendering uses tests/kustomize_lite.py (see there why); where kubectl is installed, its
 `kubectl kustomize` must render the same objects. Validation uses kubernetes-validate's strict
@@ -23,6 +24,8 @@ import pytest
 import yaml
 from kustomize_lite import build
 
+from service.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 KUSTOMIZATIONS = {
@@ -30,6 +33,9 @@ KUSTOMIZATIONS = {
     "overlay": DEPLOY / "kubernetes" / "overlays" / "example",
 }
 INFERENCE_SERVICE = DEPLOY / "kserve" / "inferenceservice.yaml"
+RUNTIME = DEPLOY / "kserve" / "clusterservingruntime.yaml"
+RUNTIME_INFERENCE_SERVICE = DEPLOY / "kserve" / "inferenceservice-runtime.yaml"
+KSERVE_CRDS = DEPLOY / "kserve" / "crds"  # KServe's own files, for validation: not ours to lint
 CHECKOV_CONFIG = DEPLOY / ".checkov.yaml"
 # The oldest Kubernetes minor the manifests support, and the newest the pinned
 # kubernetes-validate ships schemas for.
@@ -65,11 +71,29 @@ def rendered():
     return {name: build(path) for name, path in KUSTOMIZATIONS.items()}
 
 
+def single_document(path: Path) -> dict:
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert len(documents) == 1, path
+    return documents[0]
+
+
 @pytest.fixture(scope="module")
 def isvc():
-    documents = [d for d in yaml.safe_load_all(INFERENCE_SERVICE.read_text()) if d]
-    assert len(documents) == 1
-    return documents[0]
+    return single_document(INFERENCE_SERVICE)
+
+
+@pytest.fixture(scope="module")
+def runtime_pod():
+    """(pod spec, pod annotations) that KServe makes of the runtime and the InferenceService
+    naming it: the runtime's containers, volumes and annotations, the predictor's pod-level
+    fields. (KServe merges the model block into the container too; this one adds nothing there,
+    which tests/test_kserve_runtime.py checks.)"""
+    runtime = single_document(RUNTIME)["spec"]
+    predictor = single_document(RUNTIME_INFERENCE_SERVICE)["spec"]["predictor"]
+    spec = {k: v for k, v in predictor.items() if k not in KSERVE_EXTENSION_FIELDS | KSERVE_IMPLEMENTATIONS}
+    spec["containers"] = runtime["containers"]
+    spec["volumes"] = runtime.get("volumes", []) + spec.get("volumes", [])
+    return spec, {**runtime.get("annotations", {}), **predictor.get("annotations", {})}
 
 
 def one(resources: list[dict], kind: str) -> dict:
@@ -83,11 +107,13 @@ def kserve_pod_spec(isvc: dict) -> dict:
     return {k: v for k, v in predictor.items() if k not in KSERVE_EXTENSION_FIELDS}
 
 
-@pytest.fixture(scope="module", params=["base", "overlay", "kserve"])
-def pod(request, rendered, isvc):
+@pytest.fixture(scope="module", params=["base", "overlay", "kserve", "kserve-runtime"])
+def pod(request, rendered, isvc, runtime_pod):
     """(where, pod spec, pod annotations) of each way the server is deployed."""
     if request.param == "kserve":
         return request.param, kserve_pod_spec(isvc), isvc["spec"]["predictor"].get("annotations", {})
+    if request.param == "kserve-runtime":
+        return (request.param, *runtime_pod)
     template = one(rendered[request.param], "Deployment")["spec"]["template"]
     return request.param, template["spec"], template["metadata"].get("annotations", {})
 
@@ -99,6 +125,19 @@ def server(pod_spec: dict) -> dict:
 
 def env(container: dict) -> dict:
     return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def image_env() -> dict:
+    """The SERVING_* variables the serving image sets (Dockerfile, stage serve)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    return dict(re.findall(r"\b(SERVING_[A-Z_]+)=(\S+)", dockerfile[dockerfile.index("AS serve"):]))
+
+
+def served_ports(container: dict) -> tuple[int, int]:
+    """The REST and gRPC ports the server binds in this container: its own Settings, read from
+    the image's environment and the container's."""
+    settings = Settings.load(environ={**image_env(), **env(container)})
+    return int(settings.bind.rsplit(":", 1)[1]), int(settings.grpc_bind.rsplit(":", 1)[1])
 
 
 def port_number(container: dict, port) -> int:
@@ -180,11 +219,12 @@ def test_rendered_manifests_are_valid_kubernetes(name, version, rendered):
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_kserve_predictor_pod_spec_is_a_valid_pod_spec(version, isvc):
-    """The predictor inlines a core/v1 PodSpec: checked as a Pod, strictly (no unknown fields)."""
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": isvc["metadata"]["name"]},
-           "spec": kserve_pod_spec(isvc)}
-    validate_strictly(pod, version)
+def test_kserve_predictor_pod_spec_is_a_valid_pod_spec(version, isvc, runtime_pod):
+    """The predictor inlines a core/v1 PodSpec, or KServe makes one of it and the runtime: checked
+    as a Pod, strictly (no unknown fields)."""
+    for name, spec in (("kserve", kserve_pod_spec(isvc)), ("kserve-runtime", runtime_pod[0])):
+        validate_strictly({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec},
+                          version)
 
 
 def validate_strictly(resource: dict, version: str) -> None:
@@ -232,7 +272,7 @@ def test_gunicorn_reads_the_settings_the_manifests_set(pod, monkeypatch, tmp_pat
     config = runpy.run_path(str(ROOT / "service" / "gunicorn.conf.py"))
     assert config["workers"] == int(variables["SERVING_WORKERS"]), where
     assert config["graceful_timeout"] == int(variables["SERVING_GRACEFUL_TIMEOUT"]), where
-    assert config["bind"].rsplit(":", 1)[1] == str(PORT)
+    assert config["bind"].rsplit(":", 1)[1] == str(served_ports(server(spec))[0]), where
     assert config["worker_class"] == "sync", where
 
 
@@ -244,19 +284,20 @@ def test_probes_hit_the_health_routes_on_the_server_port(pod):
     assert probes["startupProbe"]["path"] == LIVE, where
     assert probes["livenessProbe"]["path"] == LIVE, where
     assert probes["readinessProbe"]["path"] == READY, where
+    http, grpc = served_ports(container)
     for kind, action in probes.items():
-        assert port_number(container, action["port"]) == PORT, (where, kind)
+        assert port_number(container, action["port"]) == http, (where, kind)
         assert action.get("scheme", "HTTP") == "HTTP", (where, kind)
-    assert [p["containerPort"] for p in container["ports"]] == [PORT, GRPC_PORT], where
+    assert [p["containerPort"] for p in container["ports"]] == [http, grpc], where
     assert container["ports"][1]["name"] in ("grpc", "h2c"), where  # KServe's names for gRPC
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 30, f"{where}: give models time to load"
 
 
 def test_prometheus_scrapes_metrics_on_the_server_port(pod):
-    where, _, annotations = pod
+    where, spec, annotations = pod
     assert annotations["prometheus.io/scrape"] == "true", where
-    assert annotations["prometheus.io/port"] == str(PORT), where
+    assert annotations["prometheus.io/port"] == str(served_ports(server(spec))[0]), where
     assert annotations["prometheus.io/path"] == METRICS, where
 
 
@@ -390,6 +431,26 @@ def test_inference_service_scales_like_the_deployment(isvc, rendered):
     assert predictor["terminationGracePeriodSeconds"] == deployment["terminationGracePeriodSeconds"]
 
 
+def test_kserve_runtime_runs_like_the_deployment(runtime_pod, rendered):
+    """The runtime's container and the pod KServe makes of it: the Deployment's image, resources,
+    probes (on its own port), drain and hardening, and its settings but for where it listens and
+    where it finds the models."""
+    spec, _ = runtime_pod
+    deployment = one(rendered["base"], "Deployment")["spec"]["template"]["spec"]
+    ours, theirs = server(spec), server(deployment)
+    for field in ("image", "imagePullPolicy", "resources", "lifecycle", "securityContext"):
+        assert ours[field] == theirs[field], field
+    placement = {"SERVING_BIND", "SERVING_GRPC_BIND", "SERVING_MODEL_REPOSITORY"}
+    assert {k: v for k, v in env(ours).items() if k not in placement} == {
+        k: v for k, v in env(theirs).items() if k not in placement}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        strip = {"httpGet": {"port": None}}
+        assert _without(ours[probe], strip) == _without(theirs[probe], strip), probe
+    for field in ("terminationGracePeriodSeconds", "securityContext", "automountServiceAccountToken",
+                  "enableServiceLinks"):
+        assert spec[field] == deployment[field], field
+
+
 def _without(probe: dict, fields: dict) -> dict:
     return {k: (_without(v, fields[k]) if isinstance(fields.get(k), dict) else v)
             for k, v in probe.items() if not (k in fields and fields[k] is None)}
@@ -428,7 +489,8 @@ def run_checkov(config: Path, files: list[Path]) -> list[dict]:
 @pytest.fixture(scope="module")
 def checkov_files(rendered, tmp_path_factory):
     """Every YAML file in deploy/, the Dockerfile, and the overlay as rendered."""
-    files = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml") and p != CHECKOV_CONFIG)
+    files = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml")
+                   and p != CHECKOV_CONFIG and KSERVE_CRDS not in p.parents)
     folder = tmp_path_factory.mktemp("checkov")
     overlay = folder / "rendered-overlay-example.yaml"
     overlay.write_text(yaml.safe_dump_all(rendered["overlay"], sort_keys=False))
