@@ -16,7 +16,8 @@ blueprint = Blueprint("v2", __name__)
 @blueprint.get("/v2")
 def server_metadata():
     return json_response({"name": "onnx-serving", "version": __version__,
-                          "extensions": ["binary_tensor_data", "model_repository"]})
+                          "extensions": ["binary_tensor_data", "classification",
+                                         "model_repository"]})
 
 
 @blueprint.get("/v2/health/live")
