@@ -2,9 +2,9 @@
 
 A codec turns wire bytes into an `InferenceRequest`; the data plane resolves the model, checks
 every input against the card's signature (names, datatypes, shapes with -1, the batch limit),
-runs onnxruntime, records the inference metrics and returns an `InferenceResponse`, which the
-codec encodes. Errors are `service.errors` exceptions that carry their status; each transport
-maps them once.
+runs onnxruntime, records the inference metrics, ranks the outputs asked for as classes
+(service/classification.py) and returns an `InferenceResponse`, which the codec encodes.
+Errors are `service.errors` exceptions that carry their status; each transport maps them once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service import metrics
+from service import classification, metrics
 from service.card import TensorSpec
 from service.errors import BadRequest, PayloadTooLarge
 from service.registry import LoadedModel, ModelRegistry
@@ -42,7 +42,7 @@ class InferenceRequest:
 @dataclass
 class InferenceResponse:
     model: LoadedModel
-    outputs: dict[str, np.ndarray]  # in the order asked for
+    outputs: dict[str, np.ndarray]  # in the order asked for; BYTES as object arrays of bytes
     id: str | None = None
     parameters: dict = field(default_factory=dict)
 
@@ -59,7 +59,13 @@ class DataPlane:
     def infer(self, model: LoadedModel, request: InferenceRequest) -> InferenceResponse:
         started = time.perf_counter()
         feeds = self.check_inputs(model, request.inputs)
-        return self.run(model, request, feeds, self.check_outputs(model, request.outputs), started)
+        wanted = self.check_outputs(model, request.outputs)
+        classes = classification.requested_counts(model, request.outputs)
+        response = self.run(model, request, feeds, wanted, started)
+        for name, count in classes.items():
+            response.outputs[name] = classification.top_classes(response.outputs[name], count,
+                                                                model.card.output(name).labels)
+        return response
 
     def explain(self, model: LoadedModel, request: InferenceRequest) -> tuple[InferenceResponse, list]:
         """onnxruntime's answer and the NumPy forward propagation's activations a1 .. aL."""

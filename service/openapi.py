@@ -79,7 +79,12 @@ SCHEMAS = {
             "outputs": {"type": "array", "items": {
                 "type": "object", "required": ["name"],
                 "properties": {"name": {"type": "string"}, "parameters": {
-                    "type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}},
+                    "type": "object", "properties": {
+                        "binary_data": {"type": "boolean"},
+                        "classification": {
+                            "type": "integer", "minimum": 1,
+                            "description": "the classification extension: the top k classes, "
+                                           "as BYTES \"value:index:label\"; labelled outputs only"}}}}}},
         },
     },
     "InferResponse": {"type": "object", "properties": {

@@ -8,17 +8,19 @@ datatype it declared (or, for TF Serving, of the kind JSON gives: integer, float
 - integer inputs take whole numbers within the type's range (and the card's `range`, when
   it has one);
 - BOOL inputs take booleans only, and numeric inputs never take booleans.
-BYTES is refused: no input the service serves takes strings.
+BYTES is refused: no input the service serves takes strings. BYTES outputs (the classification
+extension's) are object arrays of bytes; `datatype_of` and `to_bytes` encode any output.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 import warnings
 
 import numpy as np
 
-from service.card import DATATYPES, TensorSpec
+from service.card import DATATYPE_OF, DATATYPES, TensorSpec
 from service.errors import BadRequest
 
 KNOWN = (*DATATYPES, "BYTES")
@@ -35,6 +37,18 @@ def quote(text) -> str:
     """A client's string, quoted and cut short so that errors never echo large input."""
     text = str(text)
     return repr(text) if len(text) <= SHORT else repr(text[:SHORT]) + f"... ({len(text)} characters)"
+
+
+def datatype_of(values: np.ndarray) -> str:
+    return "BYTES" if values.dtype == object else DATATYPE_OF[values.dtype]
+
+
+def to_bytes(values: np.ndarray) -> bytes:
+    """An output as the binary tensor data extension sends it: raw little-endian values in
+    row-major order, or for BYTES each element as its 4-byte little-endian length and its bytes."""
+    if values.dtype == object:
+        return b"".join(struct.pack("<I", len(item)) + item for item in values.flat)
+    return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
 
 
 def check_datatype(datatype, where: str) -> np.dtype:

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from service.card import DATATYPES, ModelCard
+from service.card import DATATYPE_OF, DATATYPES, ModelCard
 from service.codecs import tfserving as tf_codec
 from service.codecs import v2 as v2_codec
 from service.dataplane import DataPlane, InferenceRequest, RequestedOutput
@@ -117,7 +117,7 @@ def test_inputs_missing_unknown_or_disagreeing_on_the_batch(plane):
 
 def v2_json_body(inputs: dict, **document) -> bytes:
     return json.dumps({"inputs": [
-        {"name": name, "datatype": v2_codec.DATATYPE_OF[values.dtype], "shape": list(values.shape),
+        {"name": name, "datatype": DATATYPE_OF[values.dtype], "shape": list(values.shape),
          "data": values.tolist()} for name, values in inputs.items()], **document}).encode()
 
 
@@ -131,7 +131,7 @@ def test_v2_json_codec_decodes_every_datatype_exactly():
 def test_v2_binary_codec_decodes_and_encodes_raw_tensors(plane):
     inputs = sample()
     header = json.dumps({"inputs": [
-        {"name": name, "datatype": v2_codec.DATATYPE_OF[values.dtype], "shape": list(values.shape),
+        {"name": name, "datatype": DATATYPE_OF[values.dtype], "shape": list(values.shape),
          "parameters": {"binary_data_size": values.nbytes}} for name, values in inputs.items()],
         "parameters": {"binary_data_output": True}}).encode()
     body = header + b"".join(values.astype(values.dtype.newbyteorder("<")).tobytes()
@@ -194,7 +194,7 @@ def test_tritonclient_round_trips_every_datatype(served, binary):
     client = triton.InferenceServerClient(served.removeprefix("http://"))
     tensors = []
     for name, values in inputs.items():
-        tensor = triton.InferInput(name, list(values.shape), v2_codec.DATATYPE_OF[values.dtype])
+        tensor = triton.InferInput(name, list(values.shape), DATATYPE_OF[values.dtype])
         tensor.set_data_from_numpy(values, binary_data=binary)
         tensors.append(tensor)
     wanted = [triton.InferRequestedOutput(name, binary_data=binary) for name in outputs_for(inputs)]
@@ -205,7 +205,7 @@ def test_tritonclient_round_trips_every_datatype(served, binary):
         np.testing.assert_array_equal(got, values, err_msg=name)
     metadata = client.get_model_metadata(NAME)
     assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["inputs"]] == [
-        (name, v2_codec.DATATYPE_OF[values.dtype], [-1, values.shape[1]]) for name, values in inputs.items()]
+        (name, DATATYPE_OF[values.dtype], [-1, values.shape[1]]) for name, values in inputs.items()]
 
 
 def test_tfserving_rows_and_columns_served(served):

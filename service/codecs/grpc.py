@@ -21,23 +21,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.card import DATATYPE_OF, TensorSpec
+from service.card import TensorSpec
 from service.dataplane import InferenceRequest, InferenceResponse, RequestedOutput
 from service.errors import BadRequest
 from service.registry import LoadedModel
 from service.stubs import messages
-from service.tensors import check_datatype, check_shape, from_bytes, quote
+from service.tensors import check_datatype, check_shape, datatype_of, from_bytes, quote, to_bytes
 
 PLATFORM = "onnx_onnxv1"
 RAW_OUTPUT = "raw_output"
-# The InferTensorContents field of each datatype; FP16 has none (raw only), BYTES is refused.
+# The InferTensorContents field of each datatype; FP16 has none (raw only). BYTES inputs are
+# refused; BYTES outputs are the classification extension's.
 CONTENTS_FIELD = {
     "BOOL": "bool_contents",
     "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
     "INT64": "int64_contents",
     "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
     "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
 # The NumPy type each field's values arrive in, before they are held to the declared datatype.
 FIELD_DTYPE = {
@@ -127,11 +128,10 @@ def encode_response(response: InferenceResponse, raw: bool):
     answer = messages.ModelInferResponse(model_name=model.name, model_version=str(model.version),
                                          id=response.id or "")
     for name, values in response.outputs.items():
-        datatype = DATATYPE_OF[values.dtype]
+        datatype = datatype_of(values)
         tensor = answer.outputs.add(name=name, datatype=datatype, shape=values.shape)
         if raw:
-            answer.raw_output_contents.append(
-                np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
+            answer.raw_output_contents.append(to_bytes(values))
         else:
             getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(values.ravel().tolist())
     return answer

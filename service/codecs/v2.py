@@ -13,11 +13,11 @@ import re
 
 import numpy as np
 
-from service.card import DATATYPE_OF, TensorSpec
+from service.card import TensorSpec
 from service.codecs.json import dumps, parse_object
 from service.dataplane import InferenceRequest, InferenceResponse, RequestedOutput
 from service.errors import BadRequest
-from service.tensors import from_bytes, from_json, may_hold_booleans, quote
+from service.tensors import datatype_of, from_bytes, from_json, may_hold_booleans, quote, to_bytes
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DIGITS = re.compile(r"[0-9]{1,12}")
@@ -130,11 +130,14 @@ def encode_response(response: InferenceResponse, binary: dict[str, bool]) -> tup
         document["id"] = response.id
     tensors, blobs = [], []
     for name, values in response.outputs.items():
-        tensor = {"name": name, "datatype": DATATYPE_OF[values.dtype], "shape": list(values.shape)}
+        datatype = datatype_of(values)
+        tensor = {"name": name, "datatype": datatype, "shape": list(values.shape)}
         if binary.get(name):
-            blob = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
+            blob = to_bytes(values)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif datatype == "BYTES":
+            tensor["data"] = [item.decode() for item in values.flat]
         else:
             tensor["data"] = np.ascontiguousarray(values).ravel()
         tensors.append(tensor)

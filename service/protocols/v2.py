@@ -25,7 +25,8 @@ blueprint = Blueprint("v2", __name__)
 @blueprint.get("/v2")
 def server_metadata():
     return json_response({"name": "onnx-serving", "version": __version__,
-                          "extensions": ["binary_tensor_data", "model_repository", "statistics"]})
+                          "extensions": ["binary_tensor_data", "classification", "model_repository",
+                                         "statistics"]})
 
 
 @blueprint.get("/v2/health/live")
