@@ -183,6 +183,19 @@ def test_a_body_shorter_than_its_content_length_is_a_400(door):
     good_answer_follows(door)
 
 
+def test_an_answer_given_before_the_body_is_read_arrives_whole(door):
+    """A worker closes at once only when nothing is left unread (service/gunicorn.conf.py):
+    here the body is never read (no such model), and closing over it would reset the
+    connection and lose the answer."""
+    body = b"x" * (LIMIT - 100)
+    for _ in range(5):
+        status, _, answer = exchange(door.url, (
+            f"POST /v2/models/nowhere/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
+        assert status == 404 and "not found" in json.loads(answer)["error"]
+    good_answer_follows(door)
+
+
 def test_the_access_log_names_the_client_behind_the_front_door(nginx_door):
     status, headers, _ = exchange(nginx_door.url, b"GET /v2/models/demand HTTP/1.1\r\nHost: x\r\n"
                                                   b"X-Request-ID: remote-check\r\nConnection: close\r\n\r\n")
