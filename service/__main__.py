@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from service import grpc_pool, nginx
+from service import access, grpc_pool, nginx
 from service.settings import Settings
 
 GUNICORN_CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"
@@ -57,6 +57,7 @@ def wait_for_socket(path: Path, process: subprocess.Popen) -> bool:
 def main() -> int:
     try:
         settings = Settings.load()
+        access.Keys.load(settings)  # a keys file that cannot be used stops here, not in the workers
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, send_from_directory
 
-from service import errors, metrics
+from service import access, errors, metrics
 from service.dataplane import DataPlane
 from service.openapi import document as openapi_document
 from service.protocols import tfserving, v2
@@ -41,7 +41,9 @@ def build_app(config: Mapping | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(v2.blueprint)
     app.register_blueprint(tfserving.blueprint)
-    app.wsgi_app = RequestObserver(app.wsgi_app)
+    # Inside the observer, so that refusals get a request id too; around the whole app, so that no
+    # route (the inference fast path included) is reached without passing access control.
+    app.wsgi_app = RequestObserver(access.middleware(app.wsgi_app, settings))
 
     @app.get("/")
     def page():
