@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -349,6 +350,43 @@ def test_grpc_health_closed_when_configured():
                 assert call(request, timeout=10, metadata=[("authorization", f"Bearer {KEY}")])
     finally:
         server.stop(0)
+
+
+def test_keys_change_on_sighup_and_a_broken_file_refuses_the_reload(tmp_path):
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    keys = tmp_path / "keys"
+    keys.write_text(KEY + "\n")
+    with front_door(workers=1, SERVING_API_KEYS_FILE=str(keys)) as running:
+        def status(key: str) -> int:
+            return requests.get(f"{running.url}/v2", headers=bearer(key), timeout=10).status_code
+
+        def grpc_accepts(key: str) -> bool:
+            try:
+                return triton.InferenceServerClient(running.grpc).get_server_metadata(
+                    headers={"authorization": f"Bearer {key}"}) is not None
+            except InferenceServerException:
+                return False
+
+        keys.write_text("")
+        running.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reload refused" not in running.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "reload refused" in running.log_text() and "holds no key" in running.log_text()
+        assert status(KEY) == 200 and grpc_accepts(KEY)  # the old processes serve, with the old key
+
+        keys.write_text(OTHER_KEY + "\n")
+        running.process.send_signal(signal.SIGHUP)
+        def rotated() -> bool:  # old processes may answer for a moment while they stop
+            return (status(OTHER_KEY) == 200 and grpc_accepts(OTHER_KEY)
+                    and status(KEY) == 401 and not grpc_accepts(KEY))
+
+        deadline = time.monotonic() + 60
+        while not rotated() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert rotated() and running.process.poll() is None
 
 
 @pytest.mark.parametrize("content, problem", [
