@@ -3,7 +3,8 @@
 nginx listens on SERVING_BIND and passes whole requests to gunicorn over a unix socket in a
 private runtime folder; gunicorn's sync workers never wait on a client. SIGTERM or SIGINT stops
 both gracefully (nginx finishes its connections, gunicorn its requests); SIGHUP reloads
-gunicorn's workers, which load the model repository afresh. When either process dies, the
+gunicorn's workers, which load the model repository (and the API keys) afresh; a keys file
+that cannot be used refuses the reload instead. When either process dies, the
 other is stopped and the exit code says so.
 
 The Open Inference Protocol over gRPC runs beside them on SERVING_GRPC_BIND: SERVING_WORKERS
@@ -29,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from service import grpc_pool, nginx
+from service import access, grpc_pool, nginx
 from service.settings import Settings
 
 GUNICORN_CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"
@@ -57,6 +58,7 @@ def wait_for_socket(path: Path, process: subprocess.Popen) -> bool:
 def main() -> int:
     try:
         settings = Settings.load()
+        access.Keys.load(settings)  # a keys file that cannot be used stops here, not in the workers
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -91,6 +93,11 @@ def main() -> int:
     def forward(signum, _frame):
         nonlocal stopping
         if signum == signal.SIGHUP:
+            try:  # new workers that cannot read the keys would stop gunicorn: keep the old ones
+                access.Keys.load(settings)
+            except ValueError as error:
+                print(f"error: reload refused, the running processes keep serving: {error}", file=sys.stderr)
+                return
             if "gunicorn" in children:
                 children["gunicorn"].send_signal(signal.SIGHUP)
             pool.reload()

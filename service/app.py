@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, send_from_directory
 
-from service import errors, metrics
+from service import access, errors, metrics
 from service.dataplane import DataPlane
 from service.openapi import document as openapi_document
 from service.protocols import tfserving, v2
@@ -42,7 +42,9 @@ def build_app(config: Mapping | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(v2.blueprint)
     app.register_blueprint(tfserving.blueprint)
-    app.wsgi_app = RequestObserver(HotPath(app.wsgi_app, data_plane))
+    # Access control inside the observer, so that refusals get a request id too; around the
+    # hot path and Flask, so that no route is reached without passing it.
+    app.wsgi_app = RequestObserver(access.middleware(HotPath(app.wsgi_app, data_plane), settings))
 
     @app.get("/")
     def page():

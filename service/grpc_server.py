@@ -35,6 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service import __version__, metrics
+from service.access import Keys
 from service.codecs import grpc as codec
 from service.dataplane import DataPlane
 from service.errors import ModelNotReady, ServiceError
@@ -127,6 +128,37 @@ class InferenceServicer(services.GRPCInferenceServiceServicer):
         return codec.encode_response(response, codec.raw_outputs(request, response))
 
 
+class KeyCheck(grpc.ServerInterceptor):
+    """The REST API keys over gRPC (README, Access control): `authorization: Bearer <key>` metadata
+    on every method but reflection (the protocol's description, like /openapi.json) and, while
+    SERVING_PUBLIC_HEALTH holds, the health ones; UNAUTHENTICATED with REST's message otherwise."""
+
+    def __init__(self, keys: Keys, public_health: bool):
+        self.keys = keys
+        self.public = [f"/{reflection.SERVICE_NAME}/"]
+        if public_health:
+            self.public += [f"/{health.SERVICE_NAME}/", f"/{SERVICE}/ServerLive", f"/{SERVICE}/ServerReady"]
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or details.method.startswith(tuple(self.public)):
+            return handler
+        authorization = next((value for key, value in details.invocation_metadata
+                              if key == "authorization"), None)
+        refused = self.keys.refusal(authorization)
+        if refused is None:
+            return handler
+
+        def refuse(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, refused[1])
+
+        kind = ("stream" if handler.request_streaming else "unary") + "_" + (
+            "stream" if handler.response_streaming else "unary")
+        return getattr(grpc, f"{kind}_rpc_method_handler")(
+            refuse, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
 def reflection_pool():
     """The stubs' private descriptor pool (service/stubs), with the health and reflection
     services' files added, so that reflection describes all three services."""
@@ -145,8 +177,11 @@ def build_server(plane: DataPlane, settings: Settings) -> tuple[grpc.Server, hea
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.max_send_message_length", -1),
     ]
+    keys = Keys.load(settings)
+    interceptors = [KeyCheck(keys, settings.public_health)] if keys else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.grpc_threads,
-                                                    thread_name_prefix="grpc"), options=options)
+                                                    thread_name_prefix="grpc"),
+                         options=options, interceptors=interceptors)
     services.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     checker = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
@@ -165,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.load()
+        Keys.load(settings)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -88,8 +88,10 @@ http {{
     map $content_length $large_body {{ default 0; "~^[0-9]{{{LARGE_BODY_DIGITS},}}$" 1; }}
     server {{
         {listen_directive(settings.bind)}
-        if ($large_body) {{ rewrite ^ {LARGE_BODIES}$uri last; }}
         location / {{
+            # In this location, not the server: nginx's error pages (internal redirects) must not
+            # be rewritten. `rewrite ... last` is one of the two safe uses of `if` in a location.
+            if ($large_body) {{ rewrite ^ {LARGE_BODIES}$uri last; }}
             proxy_pass http://service;
             {PROXY_HEADERS}
             proxy_set_header {BODY_FILE_HEADER} "";  # never the client's

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 
 from service import __version__
+from service.access import PUBLIC
 
 JSON = "application/json"
 
@@ -25,6 +26,8 @@ ERRORS = {
     "415": _json(_ref("Error"), "unsupported Content-Type"),
     "503": _json(_ref("Error"), "model not ready"),
 }
+UNAUTHORIZED = _json(_ref("Error"), "no API key, or not a valid one (only when the server has keys); "
+                     "the WWW-Authenticate header says which")
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
         "description": "model name"}
 VERSION = {"name": "version", "in": "path", "required": True,
@@ -190,11 +193,22 @@ def document() -> dict:
     _with_versions(paths, "/v1/models/{name}", ":explain", lambda p: _post(
         "every layer's activations from the NumPy forward propagation", "PredictRequest",
         _json(_ref("ExplainResponse"), "activations"), params=p))
+    for path, item in paths.items():  # access control's one table says which routes need the key
+        for operation in item.values():
+            if path in PUBLIC:
+                operation["security"] = []
+            else:
+                operation["responses"]["401"] = UNAUTHORIZED
     return {
         "openapi": "3.0.3",
         "info": {"title": "onnx-serving", "version": __version__,
                  "description": "Keras networks exported to ONNX, served over the Open Inference "
                                 "Protocol v2 and the TensorFlow Serving REST API."},
         "paths": paths,
-        "components": {"schemas": SCHEMAS},
+        "security": [{"bearer": []}],
+        "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "an API key, required only when the server has keys (SERVING_API_KEYS_FILE; "
+                           "off by default). Health and /metrics stay open unless SERVING_PUBLIC_HEALTH "
+                           "or SERVING_PUBLIC_METRICS is false."}}},
     }

@@ -6,6 +6,7 @@ front door (service/__main__.py, which starts nginx and gunicorn) all read `Sett
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -24,7 +25,12 @@ PATTERNS = {
     "bind": (re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}"), "HOST:PORT"),
     "grpc_bind": (re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}"), "HOST:PORT"),
     "nginx": (re.compile(r"[^\s;{}]+"), "a path or command name"),
+    # A browser's Origin: scheme://host[:port], lowercase, no path; or * for any.
+    "cors_origins": (re.compile(r"\*|https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?"),
+                     "exact origins such as https://app.example.com, or *"),
 }
+BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
+            "false": False, "0": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,12 @@ class Settings:
     # Set by the front door for gunicorn: the folder where nginx leaves large request bodies
     # (see service/nginx.py); a worker reads a body from there only when nginx says so.
     body_files: Path | None = None
+    # Access control (service/access.py; README, Access control): off while no key is set.
+    api_keys_file: Path | None = None  # one key per line; keys required on the model routes
+    api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # comma-separated; prefer the file
+    public_health: bool = True  # probes carry no token: /v2/health/* and gRPC health stay open
+    public_metrics: bool = True  # nor do Prometheus scrapes: /metrics stays open
+    cors_origins: tuple[str, ...] = ()  # comma-separated origins whose pages may call the API
 
     @classmethod
     def load(cls, overrides: Mapping | None = None, environ: Mapping | None = None) -> Settings:
@@ -70,8 +82,22 @@ class Settings:
 
 
 def _convert(name: str, value, kind: str):
-    if kind.startswith("Path"):
+    if kind == "Path":
         return Path(value)
+    if kind == "Path | None":
+        return Path(value) if str(value or "").strip() else None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() not in BOOLEANS:
+            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be true or false")
+        return BOOLEANS[str(value).lower()]
+    if kind == "tuple[str, ...]":
+        items = value.split(",") if isinstance(value, str) else list(value)
+        items = tuple(item.strip() for item in items if item.strip())
+        if name == "api_keys":  # checked by service.access, which never echoes a key
+            return items
+        return tuple(_convert(name, item.lower(), "str") for item in items)
     if kind == "int":
         try:
             number = int(value)

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import typing
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,10 @@ def wait_until_ready(url: str, process: subprocess.Popen, seconds: float = 60) -
         try:
             with urllib.request.urlopen(f"{url}/v2/health/live", timeout=1):
                 return
+        except urllib.error.HTTPError as error:
+            if error.code == 401:  # health behind an API key (SERVING_PUBLIC_HEALTH=false): it answers
+                return
+            time.sleep(0.2)
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"the server did not answer on {url} within {seconds} s")

@@ -60,11 +60,11 @@ def shown_percent(p: float) -> str:
     return f"{fixed(p * 100, 1)}%"
 
 
-def post(url: str, path: str, body: dict | str) -> tuple[int, dict]:
+def post(url: str, path: str, body: dict | str, headers: dict | None = None) -> tuple[int, dict]:
     """POSTs a JSON body (or JSON text as it stands); the status and the JSON answer."""
     text = body if isinstance(body, str) else json.dumps(body)
     request = urllib.request.Request(url + path, data=text.encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -352,6 +352,59 @@ def test_unavailable_versions_and_missing_models_are_shown_with_the_reason(brows
             expect(page.locator("#demand-probability")).to_have_text(re.compile(r"^\d+\.\d%$"))
         finally:
             page.close()
+
+
+def test_with_api_keys_the_page_asks_for_one_and_works_with_it(browser, problems):
+    """Without a key every panel shows the service's 401 and the key form appears; with the key
+    (kept in this tab's sessionStorage only) every request carries it and the panels answer."""
+    key, wrong = "page-test-key-0123456789", "not-the-key-0123456789"
+    with gunicorn(workers=1, SERVING_API_KEYS=key) as server:
+        status, refused = post(server.url, "/v1/models/demand:explain", {"instances": [[1, 2, 3, 4]]})
+        assert status == 401
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+        sent = []
+        page.on("request", lambda request: sent.append((request.url, request.headers.get("authorization"))))
+        try:
+            page.goto(server.url + "/")
+            expect(page.locator("#demand-error")).to_contain_text(
+                f"The service answered 401 to GET /v2/models/demand: {refused['error']}")
+            expect(page.locator("#demand-error")).to_contain_text("Enter the service's API key")
+            expect(page.locator("#models-error")).to_contain_text("401")
+            field = page.get_by_label("API key")
+            expect(field).to_be_visible()
+            expect(field).to_have_attribute("type", "password")
+
+            field.fill(wrong)
+            page.get_by_role("button", name="Use key").click()
+            expect(page.locator("#demand-error")).to_contain_text("the API key is not valid")
+            expect(page.locator("#demand-error")).to_contain_text("Enter a valid API key")
+
+            sent.clear()
+            page.get_by_label("API key").fill(key)
+            page.get_by_role("button", name="Use key").click()
+            card = read_card(latest_version("demand"))
+            expect(page.locator("#demand-probability")).to_have_text(re.compile(r"^\d+\.\d%$"))
+            values = demand_values(page, card)
+            status, answer = post(server.url, "/v1/models/demand:explain", {"instances": [values]},
+                                  headers={"Authorization": f"Bearer {key}"})
+            assert status == 200
+            expect(page.locator("#demand-probability")).to_have_text(
+                shown_percent(answer["explanations"][0]["prediction"][0]))
+            for row, col in ONE:
+                cell(page, row, col).click()
+            expect(page.locator("#digit-label")).to_have_text("1")
+            expect(page.locator("#model-cards .card")).to_have_count(len(PANEL_MODELS))
+            expect(page.locator("#demand-error")).to_be_hidden()
+            api = [(url, auth) for url, auth in sent if re.search(r"/v[12](/|$)", url)]
+            assert api and all(auth == f"Bearer {key}" for _, auth in api), api
+            stored = page.evaluate("[sessionStorage.length, localStorage.length, document.cookie]")
+            assert stored == [1, 0, ""]
+        finally:
+            context.close()
+    # the browser's only complaints are the 401 answers themselves
+    assert problems and all("status of 401" in problem for problem in problems), problems
 
 
 def centre(page: Page, row: int, col: int) -> tuple[float, float]:

@@ -41,7 +41,8 @@ def resolve_in(environ: dict, data_plane: DataPlane, name: str, version: str | N
 
 
 # Read as JSON too: tritonclient sends no Content-Type, and curl -d (as in TensorFlow
-# Serving's own examples) sends the form type.
+# Serving's own examples) sends the form type, unless access control is on: then
+# service.access refuses the form type (a page elsewhere could send it) before any route.
 LENIENT = ("", "application/x-www-form-urlencoded")
 
 

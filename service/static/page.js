@@ -16,9 +16,41 @@ function call(method, path, body) {
   return send(method, path, body === undefined ? undefined : JSON.stringify(body));
 }
 
+// The API key, when the service asks for one (a 401): kept in this tab's sessionStorage only.
+const KEY_STORE = "onnx-serving.api-key";
+
+function apiKey() {
+  try {
+    return sessionStorage.getItem(KEY_STORE) || "";
+  } catch {
+    return ""; // storage refused: the key form still shows
+  }
+}
+
+function showKeyForm() {
+  document.getElementById("key-form").hidden = false;
+}
+
+function setUpKeyForm() {
+  const form = document.getElementById("key-form");
+  if (apiKey()) showKeyForm();
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = document.getElementById("api-key").value.trim();
+    try {
+      if (key) sessionStorage.setItem(KEY_STORE, key);
+      else sessionStorage.removeItem(KEY_STORE);
+    } catch {
+      // storage refused: nothing to remember it by
+    }
+    window.location.reload(); // every panel asks again, with the key
+  });
+}
+
 /** One request whose body is JSON text as it stands (a person's, say): the service judges it. */
 async function send(method, path, json) {
   const options = { method, headers: { Accept: "application/json" } };
+  if (apiKey()) options.headers.Authorization = `Bearer ${apiKey()}`;
   if (json !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = json;
@@ -39,7 +71,13 @@ async function send(method, path, json) {
   if (!response.ok) {
     const reason = answer && typeof answer.error === "string"
       ? answer.error : `${response.status} ${response.statusText}`.trim();
-    throw new ServiceError(`The service answered ${response.status} to ${method} ${path}: ${reason}`);
+    let advice = "";
+    if (response.status === 401) {
+      showKeyForm();
+      advice = apiKey() ? ". Enter a valid API key at the top of the page."
+        : ". Enter the service's API key at the top of the page.";
+    }
+    throw new ServiceError(`The service answered ${response.status} to ${method} ${path}: ${reason}${advice}`);
   }
   if (answer === null) {
     throw new ServiceError(`${method} ${path}: the answer is not JSON`);
@@ -895,6 +933,7 @@ async function setUpModels() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  setUpKeyForm();
   setUpDrawing();
   setUpDemand();
   setUpModels();
