@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from service.version_policy import ALL, VersionPolicy
+
 PREFIX = "SERVING_"
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
 # The allowed values of the settings that are words; other text settings are checked by pattern.
@@ -25,6 +27,8 @@ PATTERNS = {
     "grpc_bind": (re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}"), "HOST:PORT"),
     "nginx": (re.compile(r"[^\s;{}]+"), "a path or command name"),
 }
+# Integer settings that may be 0, which turns the feature off; the others must be positive.
+MAY_BE_ZERO = {"poll_interval"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class Settings:
     # on this address (SO_REUSEPORT), each with this many handler threads.
     grpc_bind: str = "0.0.0.0:8081"
     grpc_threads: int = 4
+    # Roll-outs (README, Roll-outs): every process re-reads the repository this often (0: only at
+    # start and on SIGHUP), serving the versions the policy selects (service/version_policy.py).
+    poll_interval: int = 10  # seconds
+    version_policy: VersionPolicy = ALL  # for models without a version_policy.json
 
     @classmethod
     def load(cls, overrides: Mapping | None = None, environ: Mapping | None = None) -> Settings:
@@ -70,13 +78,20 @@ def _convert(name: str, value, kind: str):
     if kind == "Path":
         return Path(value)
     if kind == "int":
+        lowest = 0 if name in MAY_BE_ZERO else 1
         try:
             number = int(value)
         except (TypeError, ValueError):
-            number = 0
-        if number < 1:
-            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be a positive integer")
+            number = -1
+        if number < lowest:
+            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be "
+                             + ("0 or a positive integer" if lowest == 0 else "a positive integer"))
         return number
+    if kind == "VersionPolicy":
+        try:
+            return VersionPolicy.parse(value)
+        except ValueError as error:
+            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} {error}") from None
     if name in CHOICES:
         word = str(value).lower()
         if word not in CHOICES[name]:
