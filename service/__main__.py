@@ -3,8 +3,9 @@
 nginx listens on SERVING_BIND and passes whole requests to gunicorn over a unix socket in a
 private runtime folder; gunicorn's sync workers never wait on a client. SIGTERM or SIGINT stops
 both gracefully (nginx finishes its connections, gunicorn its requests); SIGHUP reloads
-gunicorn's workers, which load the model repository afresh. When either process dies, the
-other is stopped and the exit code says so.
+gunicorn's workers, which load the model repository afresh (without a signal, every worker and
+gRPC process also polls it every SERVING_POLL_INTERVAL seconds: service/polling.py). When either
+process dies, the other is stopped and the exit code says so.
 
 The Open Inference Protocol over gRPC runs beside them on SERVING_GRPC_BIND: SERVING_WORKERS
 processes of `python -m service.grpc_server` sharing the port (SO_REUSEPORT), each a fresh

@@ -215,7 +215,7 @@ class ModelRegistry:
         self.policy = policy  # for models without a version_policy.json
         self.state = Snapshot()
         self._lock = threading.Lock()
-        self._tried: dict[tuple[str, int], tuple | None] = {}  # fingerprint at the last load
+        self._tried: dict[tuple[str, int], tuple] = {}  # fingerprint at the last load or try
         self._policies: dict[str, tuple] = {}  # name: (file's stat, policy, problem)
         self._listed = False  # once the repository was listed, failing to list it keeps the state
         self._scan_error: str | None = None
