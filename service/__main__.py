@@ -4,8 +4,9 @@ nginx listens on SERVING_BIND and passes whole requests to gunicorn over a unix 
 private runtime folder; gunicorn's sync workers never wait on a client. SIGTERM or SIGINT stops
 both gracefully (nginx finishes its connections, gunicorn its requests); SIGHUP reloads
 gunicorn's workers, which load the model repository (and the API keys) afresh; a keys file
-that cannot be used refuses the reload instead. When either process dies, the
-other is stopped and the exit code says so.
+that cannot be used refuses the reload instead (without a signal, every worker and gRPC process
+also polls the repository every SERVING_POLL_INTERVAL seconds: service/polling.py). When either
+process dies, the other is stopped and the exit code says so.
 
 The Open Inference Protocol over gRPC runs beside them on SERVING_GRPC_BIND: SERVING_WORKERS
 processes of `python -m service.grpc_server` sharing the port (SO_REUSEPORT), each a fresh

@@ -10,13 +10,12 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, send_from_directory
 
-from service import access, errors, metrics
+from service import access, errors, metrics, polling
 from service.dataplane import DataPlane
 from service.openapi import document as openapi_document
 from service.protocols import tfserving, v2
 from service.protocols.common import INFERENCE, METRIC_LABELS, json_response
 from service.protocols.hot_path import HotPath
-from service.registry import ModelRegistry
 from service.settings import Settings
 
 REQUEST_ID = "X-Request-ID"
@@ -32,10 +31,9 @@ def build_app(config: Mapping | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # `//v2//models` is no route: merging slashes would answer 308 to whatever Host was sent.
     app.url_map.merge_slashes = False
-    registry = ModelRegistry(
-        settings.model_repository, (settings.intra_op_threads, settings.inter_op_threads)
-    ).load()
-    metrics.record_registry(registry)
+    # Built in each worker after the fork (no preload), so each worker polls for itself.
+    registry = polling.load(settings)
+    polling.start(registry, settings.poll_interval)
     app.extensions["settings"] = settings
     data_plane = app.extensions["data_plane"] = DataPlane(registry, settings)
 

@@ -6,10 +6,11 @@ that the kernel spreads connections among them. gRPC's core runs threads of its 
 process that forks after a gRPC server exists inherits a broken copy of them: so nothing here
 forks, and the launcher never imports grpc (it only spawns and watches).
 
-Each process loads the model repository itself (the readiness rule is ModelRegistry.ready, as for
-REST), serves the protocol's service, the standard health service (grpc.health.v1: SERVING when
-ready, NOT_SERVING otherwise and during shutdown) and server reflection, and counts its calls in
-the shared Prometheus folder with protocol="grpc" and the status code's name.
+Each process loads the model repository itself and polls it (service/polling.py; the readiness
+rule is ModelRegistry.ready, as for REST), serves the protocol's service, the standard health
+service (grpc.health.v1: SERVING when ready, NOT_SERVING otherwise and during shutdown, updated
+after each poll that changed something) and server reflection, and counts its calls in the shared
+Prometheus folder with protocol="grpc" and the status code's name.
 
 Errors are mapped once (`rpc`): a ServiceError's HTTP status gives the code, with REST's message;
 anything else is INTERNAL with the exception's type only, and is logged. The message size limit is
@@ -34,7 +35,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from service import __version__, metrics
+from service import __version__, metrics, polling
 from service.access import Keys
 from service.codecs import grpc as codec
 from service.dataplane import DataPlane
@@ -171,6 +172,13 @@ def reflection_pool():
     return pool
 
 
+def report_health(checker: health.HealthServicer, registry: ModelRegistry) -> None:
+    status = (health_pb2.HealthCheckResponse.SERVING if registry.ready
+              else health_pb2.HealthCheckResponse.NOT_SERVING)
+    for name in ("", SERVICE):
+        checker.set(name, status)
+
+
 def build_server(plane: DataPlane, settings: Settings) -> tuple[grpc.Server, health.HealthServicer]:
     options = [
         ("grpc.so_reuseport", 1),
@@ -185,10 +193,7 @@ def build_server(plane: DataPlane, settings: Settings) -> tuple[grpc.Server, hea
     services.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     checker = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    status = (health_pb2.HealthCheckResponse.SERVING if plane.registry.ready
-              else health_pb2.HealthCheckResponse.NOT_SERVING)
-    for name in ("", SERVICE):
-        checker.set(name, status)
+    report_health(checker, plane.registry)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                         server, pool=reflection_pool())
     return server, checker
@@ -206,10 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s[grpc %(process)d]: %(message)s")
-    registry = ModelRegistry(
-        settings.model_repository, (settings.intra_op_threads, settings.inter_op_threads)).load()
-    metrics.record_registry(registry)
+    registry = polling.load(settings)
     server, checker = build_server(DataPlane(registry, settings), settings)
+    polling.start(registry, settings.poll_interval, functools.partial(report_health, checker))
     try:
         port = server.add_insecure_port(settings.grpc_bind)
     except RuntimeError:

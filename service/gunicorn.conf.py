@@ -2,9 +2,11 @@
 
 `python -m service` runs gunicorn with this file behind nginx, bound to a unix socket; run
 alone (`gunicorn -c service/gunicorn.conf.py`), it binds SERVING_BIND. Each worker loads its own
-onnxruntime sessions (no preload), one worker per core by default. Sync workers are the
-default: in `make bench`, gthread workers (keep-alive) matched their requests/s but had a worse
-and less stable p99 (see README, Performance); behind nginx, keep-alive is nginx's job.
+onnxruntime sessions and polls the repository with a thread of its own (service/polling.py), so
+the app is never preloaded (a thread does not survive the fork); one worker per core by default.
+Sync workers are the default: in `make bench`, gthread workers (keep-alive) matched their
+requests/s but had a worse and less stable p99 (see README, Performance); behind nginx,
+keep-alive is nginx's job.
 """
 
 import os

@@ -43,7 +43,8 @@ BATCH_ROWS = Histogram(
     buckets=ROW_BUCKETS,
 )
 LOAD_FAILURES = Counter(
-    "serving_model_load_failures_total", "Model versions that failed to load, per worker start.",
+    "serving_model_load_failures_total",
+    "Failed loads of a model version: one per process start, and one per change of its folder.",
     ["model", "version"],
 )
 # What the statistics extension reports (service/stats.py) beyond the above.
@@ -106,14 +107,19 @@ def observe_inference_request(model: str, version: str, succeeded: bool, seconds
     last.set(time.time())
 
 
-def record_registry(registry) -> None:
-    for name, versions in registry.models.items():
-        for version in versions:
-            MODEL_READY.labels(name, str(version)).set(1)
-    for name, versions in registry.failures.items():
-        for version in versions:
-            MODEL_READY.labels(name, str(version)).set(0)
-            LOAD_FAILURES.labels(name, str(version)).inc()
+def record_changes(changes) -> None:
+    """What a registry refresh did (service.registry.Change). An unloaded version stays at 0:
+    multiprocess mode cannot drop a sample another process may still write."""
+    for change in changes:
+        if change.version is None:  # the model's version policy
+            continue
+        labels = change.name, str(change.version)
+        if change.event in ("loaded", "reloaded"):
+            MODEL_READY.labels(*labels).set(1)
+        elif change.event in ("refused", "unloaded"):
+            MODEL_READY.labels(*labels).set(0)
+        if change.event in ("refused", "kept"):
+            LOAD_FAILURES.labels(*labels).inc()
 
 
 def current() -> CollectorRegistry:

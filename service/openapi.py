@@ -157,8 +157,9 @@ def document() -> dict:
             "description": "text exposition format",
             "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/v2/repository/index": {"post": {
-            "summary": "every model version in the repository and its state (READY or UNAVAILABLE); "
-                       "the body {\"ready\": true} lists the loaded versions only",
+            "summary": "every model version in the repository and its state (READY, or UNAVAILABLE "
+                       "with the reason: 'unloaded: ...' for a version the version policy leaves "
+                       "out); the body {\"ready\": true} lists the loaded versions only",
             "requestBody": {"required": False, "content": {JSON: {"schema": {
                 "type": "object", "properties": {"ready": {"type": "boolean"}}}}}},
             "responses": {"200": _json({"type": "array", "items": {"type": "object", "properties": {

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from service.version_policy import ALL, VersionPolicy
+
 PREFIX = "SERVING_"
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
 # The allowed values of the settings that are words; other text settings are checked by pattern.
@@ -31,6 +33,8 @@ PATTERNS = {
 }
 BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
             "false": False, "0": False, "no": False, "off": False}
+# Integer settings that may be 0, which turns the feature off; the others must be positive.
+MAY_BE_ZERO = {"poll_interval"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,10 @@ class Settings:
     public_health: bool = True  # probes carry no token: /v2/health/* and gRPC health stay open
     public_metrics: bool = True  # nor do Prometheus scrapes: /metrics stays open
     cors_origins: tuple[str, ...] = ()  # comma-separated origins whose pages may call the API
+    # Roll-outs (README, Roll-outs): every process re-reads the repository this often (0: only at
+    # start and on SIGHUP), serving the versions the policy selects (service/version_policy.py).
+    poll_interval: int = 10  # seconds
+    version_policy: VersionPolicy = ALL  # for models without a version_policy.json
 
     @classmethod
     def load(cls, overrides: Mapping | None = None, environ: Mapping | None = None) -> Settings:
@@ -99,13 +107,20 @@ def _convert(name: str, value, kind: str):
             return items
         return tuple(_convert(name, item.lower(), "str") for item in items)
     if kind == "int":
+        lowest = 0 if name in MAY_BE_ZERO else 1
         try:
             number = int(value)
         except (TypeError, ValueError):
-            number = 0
-        if number < 1:
-            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be a positive integer")
+            number = -1
+        if number < lowest:
+            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be "
+                             + ("0 or a positive integer" if lowest == 0 else "a positive integer"))
         return number
+    if kind == "VersionPolicy":
+        try:
+            return VersionPolicy.parse(value)
+        except ValueError as error:
+            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} {error}") from None
     if name in CHOICES:
         word = str(value).lower()
         if word not in CHOICES[name]:

@@ -218,7 +218,8 @@ def add_version(repository: Path, name: str, version: int) -> Path:
 
 def test_hot_reload_under_load_fails_no_request(tmp_path):
     repository = copy_repository(tmp_path)
-    with gunicorn(repository, workers=2) as server, Load(server.url) as load:
+    # Polling off: the signal alone reloads (tests/test_polling.py covers reloads without one).
+    with gunicorn(repository, workers=2, SERVING_POLL_INTERVAL="0") as server, Load(server.url) as load:
         wait_for(lambda: load.ok > 100)
         assert load.last_version == "1"
         add_version(repository, "demand", 2)

@@ -38,10 +38,11 @@ def live():
 def ready():
     """200 when every model has a version to serve (see ModelRegistry.ready), else 503."""
     models = plane().registry
-    answer = {"ready": models.ready}
+    ready = models.ready  # read once: a poll may change it meanwhile
+    answer = {"ready": ready}
     if models.refused():
         answer["refused_versions"] = models.refused()
-    if models.ready:
+    if ready:
         return json_response(answer)
     answer["error"] = models.repository_error or "models with no version to serve: " + "; ".join(
         models.unservable())
@@ -50,18 +51,18 @@ def ready():
 
 @blueprint.post("/v2/repository/index")
 def repository_index():
-    """Every version in the repository and its state (Triton's model repository extension);
-    `{"ready": true}` lists the loaded ones only."""
+    """Every version in the repository and its state (Triton's model repository extension): the
+    versions the version policy leaves out are UNAVAILABLE with reason "unloaded: ...", as in
+    Triton; `{"ready": true}` lists the loaded ones only."""
     raw = body()
     document = parse_object(raw) if raw.strip() else {}
     ready_only = document.get("ready", False)
     if not isinstance(ready_only, bool):
         raise BadRequest("field 'ready' must be true or false")
-    models = plane().registry
     return json_response([
         {"name": name, "version": str(version), "state": "READY" if reason is None else "UNAVAILABLE",
          "reason": reason or ""}
-        for name in models.names() for version, reason in models.status(name).items()
+        for name, versions in plane().registry.index().items() for version, reason in versions.items()
         if reason is None or not ready_only
     ])
 
