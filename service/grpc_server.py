@@ -105,7 +105,9 @@ class InferenceServicer(services.GRPCInferenceServiceServicer):
 
     @rpc(counted=False)
     def ServerMetadata(self, request, context, labels):
-        return messages.ServerMetadataResponse(name="onnx-serving", version=__version__, extensions=[])
+        # What this protocol carries: statistics and the repository index are REST routes.
+        return messages.ServerMetadataResponse(name="onnx-serving", version=__version__,
+                                               extensions=["classification"])
 
     @rpc(counted=True)
     def ModelReady(self, request, context, labels):

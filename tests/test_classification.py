@@ -309,6 +309,9 @@ def test_digits_top_k_over_rest_json_rest_binary_and_grpc(served, digits, k):
 def test_server_metadata_lists_the_extension(served):
     with urllib.request.urlopen(f"{served.url}/v2", timeout=30) as reply:
         assert "classification" in json.load(reply)["extensions"]
+    import tritonclient.grpc as triton
+
+    assert "classification" in triton.InferenceServerClient(served.grpc).get_server_metadata().extensions
 
 
 def post(url: str, document: dict) -> tuple[int, dict]:
