@@ -1,10 +1,11 @@
 """The inference hot path as plain WSGI, in front of Flask.
 
 A single-row prediction spends about 100 us in Flask's request machinery (context, URL map,
-Response object), a fifth of a worker's time per request; `POST .../infer` is answered here
-with the same function the Flask route calls (service.protocols.v2.infer) and the one error
-mapping (service.errors.answer). Everything else, other methods on these paths included, goes
-on to Flask.
+Response object), a fifth of a worker's time per request. The inference routes, v2's
+`POST .../infer` and TF Serving's `POST /v1/models/...:predict` (and `:explain`), are answered
+here with the same functions their Flask routes call (service.protocols.v2.infer,
+service.protocols.tfserving.call) and the one error mapping (service.errors.answer).
+Everything else, other methods on these paths included, goes on to Flask.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from http import HTTPStatus
 
 from service.dataplane import DataPlane
 from service.errors import answer
-from service.protocols import v2
+from service.protocols import tfserving, v2
 
-# Flask's `<name>` matches one path segment; so does this.
-V2_INFER = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+# The POST routes answered here and what answers them; like Flask's `<name>`, each group is one
+# path segment.
+ROUTES = (
+    (re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer"), v2.infer),
+    (re.compile(r"/v1/models/(?:(?P<name>[^/]+)/versions/)?(?P<name_verb>[^/]+)"), tfserving.call),
+)
 STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
 
@@ -28,15 +33,17 @@ class HotPath:
 
     def __call__(self, environ, start_response):
         if environ["REQUEST_METHOD"] == "POST":
-            match = V2_INFER.fullmatch(environ.get("PATH_INFO", ""))
-            if match:
-                return self.v2_infer(environ, start_response, *match.groups())
+            path = environ.get("PATH_INFO", "")
+            for pattern, route in ROUTES:
+                match = pattern.fullmatch(path)
+                if match:
+                    return self.respond(environ, start_response, route, match.groupdict())
         return self.flask_wsgi(environ, start_response)
 
-    def v2_infer(self, environ, start_response, name: str, version: str | None):
+    def respond(self, environ, start_response, route, segments: dict[str, str | None]):
         try:
-            payload, headers = v2.infer(environ, self.data_plane, _text(name),
-                                        version and _text(version))
+            payload, headers = route(environ, self.data_plane, **{
+                name: value and _text(value) for name, value in segments.items()})
             status = 200
         except Exception as error:  # the one error mapping decides what to say
             status, payload = answer(error)

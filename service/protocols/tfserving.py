@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Response, request
 from werkzeug.exceptions import MethodNotAllowed
 
 from service.codecs import tfserving as codec
-from service.codecs.json import parse_object
+from service.codecs.json import dumps, parse_object
+from service.dataplane import DataPlane
 from service.errors import BadRequest, ModelNotFound
-from service.protocols.common import body, check_content_type, json_response, plane, resolve
+from service.protocols.common import (
+    body_in,
+    check_content_type_in,
+    json_response,
+    plane,
+    resolve,
+    resolve_in,
+)
 from service.tensors import may_hold_booleans
 
 blueprint = Blueprint("tfserving", __name__)
@@ -47,15 +55,26 @@ def model_metadata(name: str, version: str | None = None):
 @blueprint.post("/v1/models/<name_verb>")
 @blueprint.post("/v1/models/<name>/versions/<name_verb>")
 def model_call(name_verb: str, name: str | None = None):
+    """POST is answered by the hot path in front of Flask (service/protocols/hot_path.py) with
+    the same `call`; the rules keep the routes in the URL map: 405 for other methods, OpenAPI."""
+    payload, headers = call(request.environ, plane(), name_verb, name)
+    return Response(payload, headers=headers)
+
+
+def call(environ: dict, data_plane: DataPlane, name_verb: str,
+         name: str | None = None) -> tuple[bytes, list[tuple[str, str]]]:
     """`name:verb`, or `name/versions/version:verb` (the second rule binds the version as name_verb)."""
     target, _, verb = name_verb.rpartition(":")
     if verb not in VERBS or not target:
         raise BadRequest(f"the path must end in :{' or :'.join(VERBS)}")
     model_name, version = (target, None) if name is None else (name, target)
-    model = resolve(model_name, version, "tfserving" if verb == "predict" else "explain", inference=True)
-    check_content_type("application/json")
-    raw = body()
+    model = resolve_in(environ, data_plane, model_name, version,
+                       "tfserving" if verb == "predict" else "explain", inference=True)
+    check_content_type_in(environ, "application/json")
+    raw = body_in(environ, data_plane.settings)
     inference, row_format = codec.decode_request(parse_object(raw), model.card, may_hold_booleans(raw))
     if verb == "explain":
-        return json_response(codec.encode_explain(*plane().explain(model, inference)))
-    return json_response(codec.encode_predict(plane().infer(model, inference), row_format))
+        document = codec.encode_explain(*data_plane.explain(model, inference))
+    else:
+        document = codec.encode_predict(data_plane.infer(model, inference), row_format)
+    return dumps(document), [("Content-Type", "application/json")]
