@@ -14,7 +14,6 @@ import gc
 import http.client
 import json
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +28,7 @@ from service.registry import ModelRegistry
 from service.settings import Settings
 from service.version_policy import VersionPolicy
 from tests.conftest import MODELS, front_door, gunicorn, metric_value
-from tests.test_reliability import DEMAND, EXPECTED, Load, truncate, wait_for
+from tests.test_reliability import DEMAND, EXPECTED, ClientThreads, Load, truncate, wait_for
 
 INTERVAL = 1  # SERVING_POLL_INTERVAL of the servers started here
 
@@ -329,14 +328,13 @@ def converge(probes: list, version: str, rounds: int = 12) -> float:
         assert time.monotonic() - started < 15, f"version {version} not served everywhere after 15 s"
 
 
-class GrpcLoad:
+class GrpcLoad(ClientThreads):
     """Client threads, each on a channel of its own, sending default-version requests until
     stopped; every answer checked, every failure kept."""
 
     def __init__(self, address: str, threads: int = 2):
+        super().__init__(threads)
         self.address, self.ok, self.failures = address, 0, []
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
 
     def run(self) -> None:
         import tritonclient.grpc as triton
@@ -354,16 +352,6 @@ class GrpcLoad:
             except Exception as error:  # a failed call or a wrong number
                 self.failures.append(f"{type(error).__name__}: {error}")
         client.close()
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
 
 
 def repository_index(url: str) -> list[dict]:

@@ -131,10 +131,30 @@ def test_a_repository_with_nothing_to_serve(tmp_path, layout):
 
 # --- load --------------------------------------------------------------------------------------
 
-class Load:
+class ClientThreads:
+    """Threads running the subclass's `run` from entering the context until leaving it
+    (`self.stopping` is set then)."""
+
+    def __init__(self, threads: int):
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+
+class Load(ClientThreads):
     """Client threads sending demand requests until stopped; counts answers, checks each one."""
 
     def __init__(self, url: str, threads: int = 4):
+        super().__init__(threads)
         self.address = urlparse(url).netloc
         self.body = json.dumps({"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",
                                             "data": DEMAND.tolist()}]}).encode()
@@ -143,8 +163,6 @@ class Load:
         self.versions: set[str] = set()
         self.last_version = None
         self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
 
     def one(self) -> str:
         connection = http.client.HTTPConnection(self.address, timeout=10)
@@ -173,16 +191,6 @@ class Load:
                 self.ok += 1
                 self.versions.add(version)
                 self.last_version = version
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
 
 
 def wait_for(condition, seconds: float = 30, step: float = 0.1) -> None:
