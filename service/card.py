@@ -1,14 +1,19 @@
 """The model card (docs/card.md), parsed once at load into typed, immutable objects.
 
-Everything the service needs from card.json is read here; the rest of the service uses these
-objects and never a card key by string.
+A card is untrusted input, like a request body: `ModelCard.parse` checks it field by field
+against the declared schema (service/card.schema.json), then what a schema cannot say, and
+raises CardError with a one-line reason. The rest of the service uses these objects and never
+a card key by string.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+import jsonschema
 import numpy as np
 
 # The Open Inference Protocol's numeric and boolean datatypes, and their NumPy types.
@@ -22,9 +27,16 @@ DATATYPES: dict[str, np.dtype] = {
 }
 DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
 
+SCHEMA = json.loads((Path(__file__).with_name("card.schema.json")).read_text())
+# JSON Schema counts 1.0 as an integer; a card's versions and shapes must be integers in the JSON.
+_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+VALIDATOR = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)(SCHEMA)
+REASON_LENGTH = 200
+
 
 class CardError(ValueError):
-    """A card that cannot be served; the message names the field."""
+    """A card that cannot be served; the message names the field, on one line."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,9 @@ class Feature:
     min: float | None = None
     max: float | None = None
 
+    def metadata(self) -> dict:
+        return {"name": self.name, "unit": self.unit, "min": self.min, "max": self.max}
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -41,7 +56,7 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]  # -1 for a dynamic dimension
     features: tuple[Feature, ...] = ()  # the columns of a [-1, k] input
-    range: tuple[int, int] | None = None  # [low, high] for an integer input
+    range: tuple[float, float] | None = None  # [low, high] for an integer input
     labels: tuple[str, ...] = ()  # class labels of an output
 
     @property
@@ -71,10 +86,9 @@ class ModelCard:
     outputs: tuple[TensorSpec, ...]
     files: Mapping[str, str]  # file name -> sha256
     forward: Mapping | None  # the NumPy forward propagation's section, when there is one
-    source: str  # trained, keras or onnx
+    source: Mapping  # kind (trained, keras or onnx), file, and format for imports
     metrics: Mapping
     parity: Mapping | None
-    raw: Mapping  # the whole card, for the metadata routes
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -96,84 +110,59 @@ class ModelCard:
         return self.inputs[0].features if len(self.inputs) == 1 else ()
 
     @classmethod
-    def parse(cls, document: Mapping) -> ModelCard:
-        if not isinstance(document, Mapping):
-            raise CardError("card.json must be a JSON object")
-        name, version = _field(document, "name", str), _field(document, "version", int)
-        files = _field(document, "files", Mapping)
-        sha256 = {}
-        for filename, entry in files.items():
-            digest = entry.get("sha256") if isinstance(entry, Mapping) else None
-            if not isinstance(digest, str):
-                raise CardError(f"files.{filename}.sha256 must be a string")
-            sha256[filename] = digest
-        if "model.onnx" not in sha256:
-            raise CardError("files must list model.onnx")
+    def parse(cls, document) -> ModelCard:
+        check_schema(document)
+        inputs = _tensors(document["inputs"], "inputs")
+        outputs = _tensors(document["outputs"], "outputs")
+        files = {filename: entry["sha256"] for filename, entry in document["files"].items()}
         forward = document.get("forward")
         if forward is not None:
-            if not isinstance(forward, Mapping) or not isinstance(forward.get("layers"), list):
-                raise CardError("forward must be an object with a layers table")
-            if "weights.npz" not in sha256:
+            if "weights.npz" not in files:
                 raise CardError("a card with a forward section must list weights.npz in files")
-        inputs = _tensors(document, "inputs")
-        outputs = _tensors(document, "outputs")
-        source = document.get("source") or {}
+            if forward["input"] not in {spec.name for spec in inputs}:
+                raise CardError("forward.input must name one of the card's inputs")
+            if forward["output"] not in {spec.name for spec in outputs}:
+                raise CardError("forward.output must name one of the card's outputs")
         return cls(
-            name=name, version=version,
-            description=str(document.get("description") or ""),
-            inputs=inputs, outputs=outputs, files=sha256, forward=forward,
-            source=str(source.get("kind", "trained")) if isinstance(source, Mapping) else "trained",
-            metrics=document.get("metrics") or {},
+            name=document["name"], version=document["version"],
+            description=document.get("description", ""),
+            inputs=inputs, outputs=outputs, files=files, forward=forward,
+            source={"kind": "trained", "file": None, **document.get("source", {})},
+            metrics=document.get("metrics", {}),
             parity=document.get("parity"),
-            raw=document,
         )
 
 
-def _field(document: Mapping, key: str, kind: type):
-    value = document.get(key)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise CardError(f"field {key!r} is missing or not a {kind.__name__}")
-    return value
+def check_schema(document) -> None:
+    """CardError naming the first field that breaks service/card.schema.json."""
+    error = jsonschema.exceptions.best_match(VALIDATOR.iter_errors(document))
+    if error is not None:
+        where = error.json_path.removeprefix("$").removeprefix(".") or "card.json"
+        raise CardError(one_line(f"{where}: {error.message}"))
 
 
-def _tensors(document: Mapping, key: str) -> tuple[TensorSpec, ...]:
-    entries = document.get(key)
-    if not isinstance(entries, list) or not entries:
-        raise CardError(f"field {key!r} must be a non-empty list of tensors")
+def one_line(text: str) -> str:
+    """A reason fit for a log line and the index: control characters escaped, cut short."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= REASON_LENGTH else text[:REASON_LENGTH - 3] + "..."
+
+
+def _tensors(entries: list, key: str) -> tuple[TensorSpec, ...]:
+    """The typed tensors of a schema-valid list, with the checks that span fields."""
     specs = []
     for index, entry in enumerate(entries):
-        where = f"{key}[{index}]"
-        if not isinstance(entry, Mapping):
-            raise CardError(f"{where} must be an object")
-        name, datatype, shape = entry.get("name"), entry.get("datatype"), entry.get("shape")
-        if not isinstance(name, str) or not name:
-            raise CardError(f"{where}.name must be a non-empty string")
-        if datatype not in DATATYPES:
-            raise CardError(f"{where}.datatype {datatype!r} is not one the service serves "
-                            f"({', '.join(DATATYPES)})")
-        if not isinstance(shape, list) or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape):
-            raise CardError(f"{where}.shape must be a list of integers, -1 for a dynamic dimension")
-        features = tuple(_feature(f, f"{where}.features") for f in entry.get("features") or ())
+        where, shape = f"{key}[{index}]", entry["shape"]
+        features = tuple(Feature(**feature) for feature in entry.get("features", ()))
         if features and (len(shape) != 2 or shape[1] != len(features)):
             raise CardError(f"{where}: {len(features)} features need a shape [-1, {len(features)}]")
-        labels = entry.get("labels") or ()
-        if not all(isinstance(label, str) for label in labels):
-            raise CardError(f"{where}.labels must be strings")
+        labels = tuple(entry.get("labels", ()))
         if labels and not (len(labels) == 2 and shape[-1:] == [1] or shape[-1:] == [len(labels)]):
             raise CardError(f"{where}: {len(labels)} labels do not fit the last dimension of {shape}")
         bounds = entry.get("range")
-        if bounds is not None and (not isinstance(bounds, list) or len(bounds) != 2
-                                   or not all(isinstance(b, int | float) for b in bounds)):
-            raise CardError(f"{where}.range must be [low, high]")
-        specs.append(TensorSpec(name, datatype, tuple(shape), features,
-                                tuple(bounds) if bounds is not None else None, tuple(labels)))
+        if bounds is not None and bounds[0] > bounds[1]:
+            raise CardError(f"{where}.range must be [low, high] with low <= high")
+        specs.append(TensorSpec(entry["name"], entry["datatype"], tuple(shape), features,
+                                tuple(bounds) if bounds is not None else None, labels))
     if len({spec.name for spec in specs}) != len(specs):
         raise CardError(f"field {key!r} names a tensor twice")
     return tuple(specs)
-
-
-def _feature(entry, where: str) -> Feature:
-    if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
-        raise CardError(f"{where}: every feature must be an object with a name")
-    return Feature(entry["name"], entry.get("unit"), entry.get("min"), entry.get("max"))

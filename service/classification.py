@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.errors import BadRequest
-from service.registry import LoadedModel
+from service.version_folder import LoadedModel
 
 PARAMETER = "classification"
 JSON_KINDS = {str: "a string", list: "an array", dict: "an object", type(None): "null"}

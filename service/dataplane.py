@@ -18,9 +18,10 @@ import numpy as np
 from service import classification, metrics
 from service.card import TensorSpec
 from service.errors import BadRequest, PayloadTooLarge
-from service.registry import LoadedModel, ModelRegistry
+from service.registry import ModelRegistry
 from service.settings import Settings
 from service.tensors import conform, quote
+from service.version_folder import LoadedModel
 
 log = logging.getLogger(__name__)
 

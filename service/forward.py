@@ -92,16 +92,25 @@ def preprocess(preprocessing: Mapping, x: np.ndarray) -> np.ndarray:
 
 
 def layers_from(forward: Mapping, weights: Mapping[str, np.ndarray]) -> list[Layer]:
-    """Pair the layer table of a card's forward section with W1, b1, W2, b2, ... from weights.npz."""
-    layers = []
+    """Pair the layer table of a card's forward section with W1, b1, W2, b2, ... from weights.npz;
+    ValueError when an array is missing, not numbers, or of a shape that does not chain."""
+    layers, inputs = [], None
     for number, spec in enumerate(forward["layers"], start=1):
+        if f"W{number}" not in weights or f"b{number}" not in weights:
+            raise ValueError(f"layer {number}: weights.npz lacks W{number} or b{number}")
         W, b = np.asarray(weights[f"W{number}"]), np.asarray(weights[f"b{number}"])
-        if W.shape != (W.shape[0], spec["units"]) or b.shape != (spec["units"],):
+        if W.dtype.kind not in "fiu" or b.dtype.kind not in "fiu":
+            raise ValueError(f"layer {number}: W{number} and b{number} must hold numbers")
+        if W.ndim != 2 or W.shape[1] != spec["units"] or b.shape != (spec["units"],):
             raise ValueError(
                 f"layer {number}: weights W{number} {W.shape} and b{number} {b.shape} "
                 f"do not match the card's {spec['units']} units"
             )
+        if inputs is not None and W.shape[0] != inputs:
+            raise ValueError(f"layer {number}: W{number} takes {W.shape[0]} inputs, "
+                             f"but layer {number - 1} has {inputs} units")
         layers.append(Layer(spec["name"], spec["activation"], W, b))
+        inputs = spec["units"]
     return layers
 
 
@@ -151,9 +160,14 @@ class Network:
             card = json.loads((model_dir / "card.json").read_text())
         if "forward" not in card:
             raise ValueError(f"the card of {card.get('name')!r} has no forward section")
+        return cls.from_weights(card, model_dir / "weights.npz")
+
+    @classmethod
+    def from_weights(cls, card: Mapping, weights) -> Network:
+        """From a card and its weights.npz: a path or a file object."""
         # allow_pickle=False: a weights file is data, never code.
-        with np.load(model_dir / "weights.npz", allow_pickle=False) as weights:
-            return cls(card, layers_from(card["forward"], weights))
+        with np.load(weights, allow_pickle=False) as arrays:
+            return cls(card, layers_from(card["forward"], arrays))
 
     @property
     def forward(self) -> Mapping:

@@ -10,147 +10,64 @@ decides which versions are loaded; `refresh` re-reads the repository (service/po
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import onnxruntime
-
-from service.card import CardError, ModelCard, TensorSpec
+from service import untrusted_files
+from service.card import one_line
 from service.errors import ModelNotFound, ModelNotReady
-from service.forward import Network
+from service.untrusted_files import UnsafeFile
+from service.version_folder import LoadedModel, LoadError, fingerprint, load_version
 from service.version_policy import ALL, VersionPolicy
 
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-VERSION = re.compile(r"[1-9][0-9]{0,8}")
+VERSION = re.compile(r"[1-9][0-9]{0,18}")  # canonical positive integers; int64 is checked apart
+INT64_MAX = 2**63 - 1
+NOT_A_NAME = ("not a model name: letters, digits, '_', '.' and '-', at most 128, "
+              "starting with a letter or digit")
+NOT_A_VERSION = ("not a version: a positive integer in plain digits, without sign, leading zero "
+                 f"or space, at most {INT64_MAX}")
+POLICY_LIMIT = 64 << 10
 
 
-class LoadError(Exception):
-    """Why a model version cannot be served."""
+def is_version(text: str) -> bool:
+    return VERSION.fullmatch(text) is not None and int(text) <= INT64_MAX
 
 
-@dataclass
-class LoadedModel:
-    card: ModelCard
-    session: onnxruntime.InferenceSession
-    network: Network | None  # the NumPy forward propagation, when the card has one (explain)
-
-    @property
-    def name(self) -> str:
-        return self.card.name
-
-    @property
-    def version(self) -> int:
-        return self.card.version
-
-    def infer(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Inputs already checked against the card; returns the outputs asked for, by name."""
-        values = self.session.run(list(outputs), inputs)
-        return dict(zip(outputs, values, strict=True))
+def shown(name: str) -> str:
+    """A folder name as the index and the log show it: undecodable bytes and control characters
+    escaped, cut short."""
+    return one_line(os.fsencode(name).decode("utf-8", "backslashreplace"))[:80]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-# onnxruntime's names for the tensor types the card can declare.
-ONNX_TYPES = {
-    "BOOL": "tensor(bool)", "UINT8": "tensor(uint8)", "UINT16": "tensor(uint16)",
-    "UINT32": "tensor(uint32)", "UINT64": "tensor(uint64)", "INT8": "tensor(int8)",
-    "INT16": "tensor(int16)", "INT32": "tensor(int32)", "INT64": "tensor(int64)",
-    "FP16": "tensor(float16)", "FP32": "tensor(float)", "FP64": "tensor(double)",
-}
-
-
-def _check_signature(kind: str, declared: tuple[TensorSpec, ...], graph: list) -> None:
-    """The card's tensors must be the graph's, by name, datatype and rank, fixed sizes agreeing."""
-    if [spec.name for spec in declared] != [node.name for node in graph]:
-        raise LoadError(f"model.onnx {kind} {[node.name for node in graph]} do not match card.json")
-    for spec, node in zip(declared, graph, strict=True):
-        if ONNX_TYPES[spec.datatype] != node.type:
-            raise LoadError(f"{kind[:-1]} {spec.name!r} is {node.type} in model.onnx, "
-                            f"{spec.datatype} in card.json")
-        if node.shape is not None and len(node.shape) != len(spec.shape):
-            raise LoadError(f"{kind[:-1]} {spec.name!r} has rank {len(node.shape)} in model.onnx, "
-                            f"{len(spec.shape)} in card.json")
-        fixed = [(mine, theirs) for mine, theirs in zip(spec.shape, node.shape or (), strict=False)
-                 if isinstance(theirs, int) and mine != -1]
-        if any(mine != theirs for mine, theirs in fixed):
-            raise LoadError(f"{kind[:-1]} {spec.name!r} has shape {node.shape} in model.onnx, "
-                            f"{list(spec.shape)} in card.json")
-
-
-def load_version(path: Path, name: str, version: int, threads: tuple[int, int]) -> LoadedModel:
-    try:
-        document = json.loads((path / "card.json").read_text())
-    except FileNotFoundError:
-        raise LoadError("card.json is missing") from None
-    except (OSError, ValueError) as error:
-        raise LoadError(f"card.json is not valid JSON ({error})") from None
-    try:
-        card = ModelCard.parse(document)
-    except CardError as error:
-        raise LoadError(f"card.json: {error}") from None
-    if card.name != name or card.version != version:
-        raise LoadError(f"card.json names {card.name!r} version {card.version}, "
-                        f"but lies in {name}/{version}")
-    try:
-        for filename, digest in card.files.items():
-            if "/" in filename or filename.startswith("."):
-                raise LoadError(f"card.json lists a file outside the version folder: {filename!r}")
-            if not (path / filename).is_file():
-                raise LoadError(f"{filename} is missing")
-            if _sha256(path / filename) != digest:
-                raise LoadError(f"{filename} does not match the sha256 in card.json")
-        network = Network.load(path, document) if card.forward is not None else None
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads
-        options.log_severity_level = 3
-        session = onnxruntime.InferenceSession(
-            str(path / "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
-        _check_signature("inputs", card.inputs, session.get_inputs())
-        _check_signature("outputs", card.outputs, session.get_outputs())
-    except LoadError:
-        raise
-    except (KeyError, TypeError, IndexError) as error:
-        raise LoadError(f"card.json lacks or mangles a field ({error!r})") from None
-    except Exception as error:  # onnxruntime and NumPy raise many kinds for a broken file
-        # Clients see this reason: name the file within the repository, not on the disk.
-        message = str(error).replace(str(path), f"{name}/{version}").splitlines()[0][:200]
-        raise LoadError(f"{type(error).__name__}: {message}") from None
-    return LoadedModel(card, session, network)
+def subfolders(folder: Path, root: str) -> list[tuple[Path, str | None]]:
+    """The folders in `folder`, each with None, or why it is not followed: a symbolic link is
+    followed only to a folder inside the repository (`root`, resolved). Other entries (files,
+    FIFOs, ...) are no folders and are not listed."""
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if os.path.commonpath([root, target]) != root:
+                        found.append((Path(entry.path), "a symbolic link leading out of the repository"))
+                    elif os.path.isdir(target):
+                        found.append((Path(entry.path), None))
+                elif entry.is_dir(follow_symlinks=False):
+                    found.append((Path(entry.path), None))
+            except (OSError, ValueError) as error:  # ValueError: a path on another drive
+                found.append((Path(entry.path), one_line(f"cannot be inspected ({error})")))
+    return found
 
 
 POLICY_FILE = "version_policy.json"  # in a model's folder: which of its versions to serve
-
-
-def fingerprint(folder: Path) -> tuple | None:
-    """A version folder's files, cheaply: their names, sizes, modification times and inodes. A
-    copy still arriving, or a file replaced, changes it. None when the folder is gone."""
-    files = []
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                try:
-                    info = entry.stat()
-                except FileNotFoundError:
-                    continue
-                files.append((entry.name, info.st_size, info.st_mtime_ns, info.st_ino))
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        return ("unreadable", str(error))
-    return tuple(sorted(files))
 
 
 @dataclass(frozen=True)
@@ -158,12 +75,16 @@ class Change:
     """One thing a refresh did, for the log and the metrics."""
 
     name: str
-    version: int | None  # None: the model's version policy
-    event: str  # loaded, reloaded, refused, kept, unloaded, policy, bad policy
+    version: int | str | None  # None: the model's version policy, or its folder (misnamed)
+    event: str  # loaded, reloaded, refused, kept, unloaded, policy, bad policy, misnamed
     reason: str = ""
 
     @property
     def message(self) -> str:
+        if self.event == "misnamed":
+            where = (f"folder {self.name!r}" if self.version is None
+                     else f"model {self.name} folder {self.version!r}")
+            return f"{where} of the model repository is not served: {self.reason}"
         subject = f"model {self.name}" + ("" if self.version is None else f" version {self.version}")
         return subject + {
             "loaded": " loaded",
@@ -177,8 +98,17 @@ class Change:
 
     @property
     def level(self) -> int:
-        return {"refused": logging.ERROR, "bad policy": logging.ERROR,
+        return {"refused": logging.ERROR, "bad policy": logging.ERROR, "misnamed": logging.ERROR,
                 "kept": logging.WARNING}.get(self.event, logging.INFO)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What the repository's folders hold, from listings and names alone."""
+
+    versions: dict[str, dict[int, Path]] = field(default_factory=dict)  # model: version: folder
+    problems: dict[str, str] = field(default_factory=dict)  # model: why its folder cannot be listed
+    misnamed: dict[tuple[str, str | None], str] = field(default_factory=dict)  # (model, version): why
 
 
 @dataclass(frozen=True)
@@ -191,6 +121,8 @@ class Snapshot:
     unloaded: dict[str, dict[int, str]] = field(default_factory=dict)  # left out by the policy: why
     problems: dict[str, str] = field(default_factory=dict)  # per model: a bad policy file, or none served
     repository_error: str | None = None
+    stale: dict[str, dict[int, str]] = field(default_factory=dict)  # served, but its files changed: why
+    misnamed: dict[tuple[str, str | None], str] = field(default_factory=dict)  # folders not served: why
 
     @property
     def names(self) -> set[str]:
@@ -205,7 +137,8 @@ class ModelRegistry:
     version that failed to load is tried again only when its folder changes, so a copy still
     arriving ends up served, and an unchanged broken folder is reported once, not every poll. A
     changed folder of a loaded version that does not load leaves the loaded copy serving (as
-    Triton's reload does).
+    Triton's reload does), reported as stale. Folders whose names are no model or version are
+    listed with the reason, never loaded. Nothing in the repository makes a refresh raise.
     """
 
     def __init__(self, repository: Path, threads: tuple[int, int] = (1, 1),
@@ -214,7 +147,7 @@ class ModelRegistry:
         self.threads = threads
         self.policy = policy  # for models without a version_policy.json
         self.state = Snapshot()
-        self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._tried: dict[tuple[str, int], tuple] = {}  # fingerprint at the last load or try
         self._policies: dict[str, tuple] = {}  # name: (file's stat, policy, problem)
         self._listed = False  # once the repository was listed, failing to list it keeps the state
@@ -241,9 +174,14 @@ class ModelRegistry:
         return self
 
     def refresh(self) -> list[Change]:
-        """Read the repository again and serve what it holds now; the changes, each logged."""
-        with self._lock:
+        """Read the repository again and serve what it holds now; the changes, each logged. A
+        refresh already under way is not waited for (nothing ever waits on file I/O)."""
+        if not self._refreshing.acquire(blocking=False):
+            return []
+        try:
             changes = self._refresh()
+        finally:
+            self._refreshing.release()
         for change in changes:
             log.log(change.level, "%s", change.message)
         return changes
@@ -263,47 +201,61 @@ class ModelRegistry:
                 self.state = Snapshot(repository_error=why)
             return changes
         self._listed, self._scan_error = True, None
-        models, failures, unloaded, problems = {}, {}, {}, {}
-        for name, versions in sorted(listing.items()):
-            served, failed, left_out, problem = self._refresh_model(name, versions, old, changes)
+        changes += [Change(*key, "misnamed", why) for key, why in listing.misnamed.items()
+                    if old.misnamed.get(key) != why]
+        models, failures, unloaded, problems, stale = {}, {}, {}, dict(listing.problems), {}
+        for name, versions in sorted(listing.versions.items()):
+            served, failed, left_out, problem, kept = self._refresh_model(name, versions, old, changes)
             for table, value in ((models, served), (failures, failed), (unloaded, left_out),
-                                 (problems, problem)):
+                                 (problems, problem), (stale, kept)):
                 if value:
                     table[name] = value
-        for name in sorted(set(old.models) - set(listing)):
+        for name in sorted(set(old.models) - set(models) - set(listing.versions)):
             changes += [Change(name, version, "unloaded", "its model folder was removed")
                         for version in sorted(old.models[name])]
         # What is neither served nor refused is tried afresh when it comes back.
         self._tried = {key: seen for key, seen in self._tried.items()
                        if key[1] in models.get(key[0], {}) or key[1] in failures.get(key[0], {})}
-        self._policies = {name: entry for name, entry in self._policies.items() if name in listing}
+        self._policies = {name: entry for name, entry in self._policies.items() if name in listing.versions}
         error = None
         if not (models or failures or problems):
             error = f"model repository {self.repository} holds no models"
             if error != old.repository_error:
                 log.error(error)
-        self.state = Snapshot(models, failures, unloaded, problems, error)
+        self.state = Snapshot(models, failures, unloaded, problems, error, stale, listing.misnamed)
         return changes
 
-    def _scan(self) -> dict[str, dict[int, Path]]:
-        """Each model folder's version folders: listings only."""
-        listing = {}
-        for model_dir in self.repository.iterdir():
-            if not NAME.fullmatch(model_dir.name) or not model_dir.is_dir():
+    def _scan(self) -> Listing:
+        """Each model folder's version folders, and the folders that are neither: listings only.
+        Raises OSError only when the repository itself cannot be listed."""
+        root = os.path.realpath(self.repository)
+        listing = Listing()
+        for folder, why in subfolders(self.repository, root):
+            if why is None and not NAME.fullmatch(folder.name):
+                why = NOT_A_NAME
+            if why is not None:
+                listing.misnamed[shown(folder.name), None] = why
                 continue
             try:
-                listing[model_dir.name] = {int(path.name): path for path in model_dir.iterdir()
-                                           if VERSION.fullmatch(path.name) and path.is_dir()}
-            except FileNotFoundError:  # removed while listing
+                found = subfolders(folder, root)
+            except OSError as error:
+                if not isinstance(error, FileNotFoundError):  # else removed while listing
+                    listing.problems[folder.name] = f"its folder cannot be listed ({error.strerror})"
                 continue
+            versions = listing.versions[folder.name] = {}
+            for version, why in found:
+                if why is None and is_version(version.name):
+                    versions[int(version.name)] = version
+                else:
+                    listing.misnamed[folder.name, shown(version.name)] = why or NOT_A_VERSION
         return listing
 
     def _refresh_model(self, name: str, versions: dict[int, Path], old: Snapshot, changes: list):
         policy, problem = self._policy(name, changes)
-        served, failed, left_out = {}, {}, {}
+        served, failed, left_out, stale = {}, {}, {}, {}
         for version in sorted(versions, reverse=True):
             if policy.admits(version, len(served)):
-                self._try(name, version, versions[version], old, served, failed, changes)
+                self._try(name, version, versions[version], old, (served, failed, stale), changes)
             else:
                 left_out[version] = f"the version policy {policy} leaves it out"
         changes += [Change(name, version, "unloaded", left_out.get(version, "its folder was removed"))
@@ -311,11 +263,12 @@ class ModelRegistry:
         if versions and not served and not failed:
             problem = "; ".join(filter(None, [problem, f"the version policy {policy} selects none of "
                                               f"its versions ({', '.join(map(str, sorted(versions)))})"]))
-        return served, failed, left_out, problem
+        return served, failed, left_out, problem, stale
 
-    def _try(self, name: str, version: int, path: Path, old: Snapshot, served: dict, failed: dict,
+    def _try(self, name: str, version: int, path: Path, old: Snapshot, tables: tuple[dict, dict, dict],
              changes: list) -> None:
         """Serve the version loaded before if its folder is unchanged, else load it."""
+        served, failed, stale = tables
         key, seen = (name, version), fingerprint(path)
         loaded = old.models.get(name, {}).get(version)
         if seen is None:  # removed since the listing
@@ -323,6 +276,8 @@ class ModelRegistry:
         if key in self._tried and self._tried[key] == seen:
             if loaded is not None:
                 served[version] = loaded
+                if version in old.stale.get(name, {}):
+                    stale[version] = old.stale[name][version]
                 return
             if version in old.failures.get(name, {}):
                 failed[version] = old.failures[name][version]
@@ -331,12 +286,13 @@ class ModelRegistry:
         try:
             served[version] = load_version(path, name, version, self.threads)
         except LoadError as error:
+            why = one_line(str(error))
             if loaded is None:
-                failed[version] = str(error)
-                changes.append(Change(name, version, "refused", str(error)))
+                failed[version] = why
+                changes.append(Change(name, version, "refused", why))
             else:
-                served[version] = loaded
-                changes.append(Change(name, version, "kept", str(error)))
+                served[version], stale[version] = loaded, why
+                changes.append(Change(name, version, "kept", why))
             return
         changes.append(Change(name, version, "loaded" if loaded is None else "reloaded"))
 
@@ -345,8 +301,8 @@ class ModelRegistry:
         bad file is reported and the policy in force stays (the default, at start)."""
         path = self.repository / name / POLICY_FILE
         try:
-            info = path.stat()
-            seen = (info.st_size, info.st_mtime_ns, info.st_ino)
+            info = os.lstat(path)
+            seen = (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino)
         except FileNotFoundError:
             seen = None
         except OSError as error:
@@ -358,11 +314,11 @@ class ModelRegistry:
         policy, problem = self.policy, None
         if seen is not None:
             try:
-                policy = VersionPolicy.parse(path.read_text())
-            except OSError as error:
-                policy, problem = before, f"{POLICY_FILE} cannot be read ({error.strerror or error})"
+                policy = VersionPolicy.parse(untrusted_files.read(path, POLICY_LIMIT))
+            except UnsafeFile as error:
+                policy, problem = before, str(error)
             except ValueError as error:
-                policy, problem = before, f"{POLICY_FILE} {error}"
+                policy, problem = before, one_line(f"{POLICY_FILE} {error}")
         if problem:
             changes.append(Change(name, None, "bad policy", f"{problem}; the policy stays {policy}"))
         elif policy != before or (cached is None and seen is not None):
@@ -431,22 +387,33 @@ class ModelRegistry:
         versions.update(state.failures.get(name, {}))
         return dict(sorted(versions.items()))
 
-    def index(self) -> dict[str, dict[int, str | None]]:
-        """Every model's versions: None when loaded, else why not (a version the policy leaves out:
-        "unloaded: ..."), from one snapshot."""
+    def stale(self, model: LoadedModel) -> str | None:
+        """Why a served version's folder no longer holds what is served, or None."""
+        return self.state.stale.get(model.name, {}).get(model.version)
+
+    def index(self) -> list[tuple[str, str, bool, str]]:
+        """Every folder of the repository as (model, version, ready, reason), from one snapshot: a
+        served version is ready (with a reason when its files changed and were refused); a
+        refused one says why; one the policy leaves out, "unloaded: ..."; folders that name no
+        model or version, why (the version "" for a model folder)."""
         state = self.state
-        index = {}
+        entries = []
         for name in sorted(state.names):
-            versions = {v: None for v in state.models.get(name, {})}
-            versions.update(state.failures.get(name, {}))
-            versions.update({v: f"unloaded: {why}" for v, why in state.unloaded.get(name, {}).items()})
-            index[name] = dict(sorted(versions.items()))
-        return index
+            versions = {v: (True, "") for v in state.models.get(name, {})}
+            versions.update({v: (True, f"its files changed and were refused, the copy loaded before "
+                                       f"serves: {why}") for v, why in state.stale.get(name, {}).items()})
+            versions.update({v: (False, why) for v, why in state.failures.get(name, {}).items()})
+            versions.update({v: (False, f"unloaded: {why}")
+                             for v, why in state.unloaded.get(name, {}).items()})
+            entries += [(name, str(v), ready, why) for v, (ready, why) in sorted(versions.items())]
+        entries += [(name, version or "", False, why)
+                    for (name, version), why in sorted(state.misnamed.items(), key=lambda item: str(item[0]))]
+        return entries
 
     @staticmethod
     def version_number(name: str, version: str | int) -> int:
         """A version from a URL: a positive integer, or 404 (never a path, never a negative)."""
         text = str(version)
-        if not VERSION.fullmatch(text):
+        if not is_version(text):
             raise ModelNotFound(name, repr(text))
         return int(text)

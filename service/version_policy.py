@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import orjson
+
 FORMS = '{"all": true}, {"latest": N} or {"specific": [versions]}'
 
 
@@ -25,13 +27,14 @@ class VersionPolicy:
 
     @classmethod
     def parse(cls, document) -> VersionPolicy:
-        """A policy from its JSON text or the decoded object; ValueError says what is wrong."""
+        """A policy from its JSON text (str or bytes) or the decoded object; ValueError says
+        what is wrong, in one line."""
         if isinstance(document, VersionPolicy):
             return document
-        if isinstance(document, str):
+        if isinstance(document, str | bytes):
             try:
-                document = json.loads(document)
-            except ValueError as error:
+                document = orjson.loads(document)
+            except orjson.JSONDecodeError as error:
                 raise ValueError(f"is not valid JSON ({error})") from None
         if isinstance(document, dict) and len(document) == 1:
             [(kind, value)] = document.items()
@@ -41,8 +44,7 @@ class VersionPolicy:
                 return cls(latest=value)
             if kind == "specific" and isinstance(value, list) and value and all(map(_positive, value)):
                 return cls(specific=frozenset(value))
-        shown = json.dumps(document)
-        raise ValueError(f"must be {FORMS}, not {shown if len(shown) <= 80 else shown[:77] + '...'}")
+        raise ValueError(f"must be {FORMS}, not {_shown(document)}")
 
     def admits(self, version: int, served: int) -> bool:
         """Whether to serve `version`, when `served` higher versions already serve."""
@@ -63,3 +65,12 @@ ALL = VersionPolicy()
 
 def _positive(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _shown(document) -> str:
+    """A short rendering of what was given instead of a policy."""
+    try:
+        text = orjson.dumps(document).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes
+        text = f"a {type(document).__name__} nested too deeply"
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -202,9 +202,10 @@ def test_latest_counts_the_versions_that_load(repository):
     # The broken newest version is refused and reported; the next one serves; the oldest is left out.
     assert models.get("demand").version == 2 and models.ready
     assert [r.split(":")[0] for r in models.refused()] == ["demand version 3"]
-    index = models.index()["demand"]
-    assert index[1].startswith('unloaded: the version policy {"latest": 1}') and index[2] is None
-    assert "sha256" in index[3]
+    index = {version: (ready, why) for name, version, ready, why in models.index() if name == "demand"}
+    assert not index["1"][0] and index["1"][1].startswith('unloaded: the version policy {"latest": 1}')
+    assert index["2"] == (True, "")
+    assert not index["3"][0] and "sha256" in index["3"][1]
     with pytest.raises(ModelNotFound):
         models.get("demand", 1)
 
@@ -244,9 +245,8 @@ def test_a_bad_policy_file_is_reported_and_the_policy_in_force_stays(repository)
     write_policy(repository, "demand", '{"latest": 1')
     assert events(models.refresh()) == [("demand", None, "bad policy")]
     assert models.ready and sorted(models.models["demand"]) == [2]
-    assert models.refused() == [
-        "demand: version_policy.json is not valid JSON (Expecting ',' delimiter: line 1 column 13 "
-        "(char 12))"]
+    [refused] = models.refused()
+    assert refused.startswith("demand: version_policy.json is not valid JSON (") and "column 13" in refused
     assert models.refresh() == []  # reported once per change of the file
 
     fresh = ModelRegistry(repository).load()  # at start, the default policy: every version

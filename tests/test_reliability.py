@@ -61,7 +61,7 @@ def wrong_sha(path: Path) -> None:
 FAULTS = {
     "truncated model.onnx": (lambda d: truncate(d / "model.onnx"), "sha256"),
     "corrupt model.onnx": (lambda d: corrupt_with_matching_sha(d / "model.onnx"),
-                           "digits/1/model.onnx failed"),
+                           "model.onnx cannot be loaded"),
     "card sha256 mismatch": (lambda d: wrong_sha(d / "model.onnx"), "sha256"),
     "missing weights": (lambda d: (d / "weights.npz").unlink(), "weights.npz is missing"),
     "card not JSON": (lambda d: (d / "card.json").write_text("{not json"), "not valid JSON"),

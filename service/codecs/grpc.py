@@ -24,9 +24,9 @@ import numpy as np
 from service.card import TensorSpec
 from service.dataplane import InferenceRequest, InferenceResponse, RequestedOutput
 from service.errors import BadRequest
-from service.registry import LoadedModel
 from service.stubs import messages
 from service.tensors import check_datatype, check_shape, datatype_of, from_bytes, quote, to_bytes
+from service.version_folder import LoadedModel
 
 PLATFORM = "onnx_onnxv1"
 RAW_OUTPUT = "raw_output"

@@ -13,8 +13,8 @@ from gunicorn.http.errors import ParseException
 from service.codecs.json import dumps
 from service.dataplane import DataPlane
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.registry import LoadedModel
 from service.settings import Settings
+from service.version_folder import LoadedModel
 
 METRIC_LABELS = "serving.metric_labels"  # WSGI environ key: [model, version, protocol]
 INFERENCE = "serving.inference"  # WSGI environ key, set on inference routes: counted in the statistics

@@ -60,10 +60,8 @@ def repository_index():
     if not isinstance(ready_only, bool):
         raise BadRequest("field 'ready' must be true or false")
     return json_response([
-        {"name": name, "version": str(version), "state": "READY" if reason is None else "UNAVAILABLE",
-         "reason": reason or ""}
-        for name, versions in plane().registry.index().items() for version, reason in versions.items()
-        if reason is None or not ready_only
+        {"name": name, "version": version, "state": "READY" if ready else "UNAVAILABLE", "reason": reason}
+        for name, version, ready, reason in plane().registry.index() if ready or not ready_only
     ])
 
 
@@ -82,8 +80,8 @@ def model_metadata(name: str, version: str | None = None):
         "parameters": {
             "version": str(model.version),
             "description": card.description,
-            "source": card.raw.get("source") or {"kind": card.source, "file": None},
-            "features": card.raw["inputs"][0].get("features") if card.table_features else None,
+            "source": card.source,
+            "features": [feature.metadata() for feature in card.table_features] or None,
             "ranges": {spec.name: list(spec.range) for spec in card.inputs if spec.range},
             "labels": {spec.name: list(spec.labels) for spec in card.outputs if spec.labels},
             "layers": card.forward["layers"] if card.forward else None,
@@ -98,7 +96,11 @@ def model_metadata(name: str, version: str | None = None):
 @blueprint.get("/v2/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
     model = resolve(name, version, "v2")  # 404 unknown, 503 not loaded
-    return json_response({"name": model.name, "version": str(model.version), "ready": True})
+    answer = {"name": model.name, "version": str(model.version), "ready": True}
+    stale = plane().registry.stale(model)
+    if stale:  # served, but what lies on disk was refused: say so
+        answer["reason"] = f"its files changed and were refused, the copy loaded before serves: {stale}"
+    return json_response(answer)
 
 
 @blueprint.get("/v2/models/stats")
