@@ -68,7 +68,7 @@ def v2_answer(client, name: str, x: np.ndarray, datatype: str) -> dict[str, np.n
     body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": datatype, "data": x.tolist()}]}
     reply = client.post(f"/v2/models/{name}/infer", json=body)
     assert reply.status_code == 200, reply.get_json()
-    return {t["name"]: np.array(t["data"], dtype=DTYPES[t["datatype"]]).reshape(t["shape"])
+    return {t["name"]: typed(t["data"], np.dtype(DTYPES[t["datatype"]])).reshape(t["shape"])
             for t in reply.get_json()["outputs"]}
 
 
@@ -111,7 +111,7 @@ def test_every_output_equals_onnxruntime_and_v2(client, repository, datatype, ra
         assert got.shape == expected[output].shape, output
         np.testing.assert_array_equal(got, expected[output], err_msg=output)
         np.testing.assert_array_equal(got, v2[output], err_msg=output)
-        assert v2[output].shape == expected[output].shape
+        assert (v2[output].dtype, v2[output].shape) == (dtype, expected[output].shape), output
 
 
 def test_uint64_beyond_int64_is_written_exactly(client):
