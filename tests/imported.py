@@ -1,4 +1,5 @@
-"""Keras models of several kinds, built in the test session, and imported with the real command.
+"""Keras models of several kinds, built in the test session, and imported with the real command
+(and scikit-learn models converted by skl2onnx, for tests/test_sklearn.py and the importer's refusals).
 
 `import_all(repository)` saves each model (as .keras, .h5, a SavedModel folder or .onnx), runs
 `python -m training import` on it in a subprocess (several at once), and returns, for each model
@@ -151,6 +152,47 @@ def hashing(seed: int = 6):
     bins = keras.layers.Hashing(num_bins=10, name="hash")(ids)
     x = keras.layers.Flatten(name="flat")(keras.layers.Embedding(10, 2, name="embed")(bins))
     return keras.Model(ids, keras.layers.Dense(1, name="score")(x), name="hashing")
+
+
+# ------------------------------------------------------------------ scikit-learn
+
+
+def iris() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled iris data (nothing is downloaded): float32 measurements, classes 0..2."""
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    return x.astype(np.float32), y
+
+
+def iris_pipeline():
+    """StandardScaler then LogisticRegression, fitted on iris (lbfgs: deterministic, no seed)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return Pipeline([("scale", StandardScaler()),
+                     ("classify", LogisticRegression(max_iter=1000))]).fit(*iris())
+
+
+def iris_forest(seed: int = 0):
+    """A small RandomForestClassifier fitted on iris."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=10, max_depth=4, random_state=seed).fit(*iris())
+
+
+def save_sklearn(estimator, path: Path, zipmap: bool = False) -> Path:
+    """The fitted estimator converted by skl2onnx (opset 17, input `X` FP32 [-1, 4]): outputs
+    `label` INT64 [-1] and `probabilities` FP32 [-1, 3], or with ZipMap `output_label` and
+    `output_probability`, a sequence of {class: probability} maps."""
+    import onnx
+    from skl2onnx import to_onnx
+
+    options = None if zipmap else {"zipmap": False}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(to_onnx(estimator, iris()[0][:1], options=options, target_opset=17), path)
+    return path
 
 
 # ------------------------------------------------------------------ saving

@@ -5,6 +5,8 @@ model.onnx beside a hand-written card.json (docs/card.md) as an import of a plai
     folder = write_version(repository, "imported", 1, model, ranges={"tokens": [0, 9]},
                            labels={"score": ["no", "yes"]})
     outputs = run(folder / "model.onnx", {"tokens": ..., "numbers": ...})  # onnxruntime, directly
+
+`shaped(TensorProto.UINT64, ("rank0", "rank1"))` gives outputs of chosen ranks and one datatype.
 """
 
 from __future__ import annotations
@@ -61,6 +63,39 @@ def two_in_two_out() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="tests.onnx_models")
     model.ir_version = 8  # the IR of opset 17, which every onnxruntime of these pins reads
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+# The outputs `shaped` can give, each made of its input x [-1, 3]: the nodes and the card's shape.
+SHAPED = {
+    "rank0": ([("Gather", ["x", "zero"], ["first"], {"axis": 0}),
+               ("Gather", ["first", "one"], ["rank0"], {"axis": 0})], []),  # x[0, 1]
+    "rank1": ([("Gather", ["x", "one"], ["rank1"], {"axis": 1})], [-1]),  # x[:, 1]
+    "rank2": ([("Identity", ["x"], ["rank2"], {})], [-1, 3]),  # x
+    "rank3": ([("Reshape", ["x", "deep"], ["rank3"], {})], [-1, 3, 1]),
+    "copy": ([("Identity", ["x"], ["copy"], {})], [-1, 3]),  # x again, under another name
+    "first_row": ([("Gather", ["x", "zero"], ["first_row"], {"axis": 0})], [3]),  # x[0]: not batched
+}
+
+
+def shaped(elem_type: int, outputs: tuple[str, ...]) -> onnx.ModelProto:
+    """x [-1, 3] of one element type -> the outputs of SHAPED named, of the same type, made of
+    x's values by Gather, Identity and Reshape (which onnxruntime runs for every element type)."""
+    initializers = [
+        numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+        numpy_helper.from_array(np.array(1, dtype=np.int64), "one"),
+        numpy_helper.from_array(np.array([0, 3, 1], dtype=np.int64), "deep"),  # 0 keeps the batch
+    ]
+    nodes = [helper.make_node(op, inputs, names, **attributes)
+             for output in outputs for op, inputs, names, attributes in SHAPED[output][0]]
+    symbolic = [helper.make_tensor_value_info(
+        name, elem_type, ["batch" if d == -1 else d for d in SHAPED[name][1]]) for name in outputs]
+    graph = helper.make_graph(nodes, "shaped", [helper.make_tensor_value_info("x", elem_type, ["batch", 3])],
+                              symbolic, initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="tests.onnx_models")
+    model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
 

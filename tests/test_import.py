@@ -225,6 +225,7 @@ def refusals(imported, tmp_path_factory):
     (work / "noise.h5").write_bytes(np.random.default_rng(0).bytes(4096))
     text_model = models.save(models.string_input(), work / "string", "keras")
     hashing = models.save(models.hashing(), work / "hashing", "keras")
+    zipmap = models.save_sklearn(models.iris_pipeline(), work / "zipmap.onnx", zipmap=True)
     rows = imported["dense-stack"].inputs["measurements"]
     np.savez(work / "wrong-key.npz", measurement=rows)
     np.savez(work / "wrong-shape.npz", measurements=rows[:, :3])
@@ -235,6 +236,7 @@ def refusals(imported, tmp_path_factory):
         "missing file": ([work / "missing.keras", "--name", "fresh"], "missing.keras"),
         "string input": ([text_model, "--name", "fresh"], "'text'"),
         "converter refuses a layer": ([hashing, "--name", "fresh"], "StringToHashBucketFast"),
+        "scikit-learn's ZipMap": ([zipmap, "--name", "fresh"], "pass options={'zipmap': False} to skl2onnx"),
         "sample with a wrong key": ([dense, "--name", "fresh", "--sample", work / "wrong-key.npz"],
                                     "'measurement'"),
         "sample with a wrong shape": ([dense, "--name", "fresh", "--sample", work / "wrong-shape.npz"],
@@ -260,6 +262,7 @@ def refusals(imported, tmp_path_factory):
 
 
 REFUSALS = ["not a model", "random h5", "missing file", "string input", "converter refuses a layer",
+            "scikit-learn's ZipMap",
             "sample with a wrong key", "sample with a wrong shape", "labels for an unknown output",
             "labels of the wrong count", "existing version", "bad name"]
 

@@ -11,7 +11,9 @@ What it reads
     Its layers are not Keras objects any more, so a SavedModel never gets a forward section;
   * a plain `.onnx` file: onnx.checker (full check), an onnxruntime load, the signature read from
     the graph (symbolic or missing dimensions become -1), copied unchanged as model.onnx. There
-    is nothing to compare it with: the card's parity.reference is null.
+    is nothing to compare it with: the card's parity.reference is null. A scikit-learn
+    classifier converted by skl2onnx imports when converted without ZipMap (its probabilities
+    as a sequence of maps, which no card datatype declares; refused with how to convert).
 
 Keras models and SavedModels go through training.export.to_onnx, the built-in models' path
 (opset 17; ONNX input names = the model's input names, output names = its output names: the
@@ -443,6 +445,12 @@ def load_onnx(path: Path) -> Loaded:
         return Tensor(node.name, np.dtype(ORT_TYPES[node.type]),
                       tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape))
 
+    # Before the tensors, so that a classifier trained on string classes hears of ZipMap first.
+    for node in session.get_outputs():
+        if node.type.startswith("seq(map("):
+            raise ImportRefused(f"{path.name}: output {node.name!r} is a sequence of maps ({node.type}, "
+                                "scikit-learn's ZipMap), which the card cannot declare; export it "
+                                "without: pass options={'zipmap': False} to skl2onnx.to_onnx")
     inputs = [tensor("input", node) for node in session.get_inputs()]
     outputs = [tensor("output", node) for node in session.get_outputs()]
     unique_names(path, inputs, outputs)

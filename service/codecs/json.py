@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 
 from service.errors import BadRequest
@@ -21,3 +22,13 @@ def parse_object(body: bytes | memoryview, what: str = "request body") -> dict:
 
 def dumps(document) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def native(values: np.ndarray) -> np.ndarray | np.generic:
+    """A tensor as orjson's NumPy support writes it: C-contiguous, of its dtype's own NumPy type,
+    a scalar at rank 0. orjson refuses rank-0 arrays, arrays that are not C-contiguous, and
+    scalars (one row of a rank-1 tensor) of C long long: onnxruntime's type for INT64 and UINT64
+    tensors, a dtype equal to int64 (uint64) but whose scalars are not numpy.int64."""
+    values = np.require(values, requirements="C")
+    values = values.view(np.dtype(values.dtype.str))  # the same bytes, as e.g. numpy.int64
+    return values if values.ndim else values[()]

@@ -11,6 +11,9 @@ Answers follow TF Serving: a model with one output gives its values; with severa
 per row (or per column set) keyed by output name. Outputs with class labels in the card add
 the label of each row and its probability: `label` and `label_probability` for a model with one
 output, `<output>_label` and `<output>_label_probability` otherwise.
+Columns answer outputs of any rank (a rank-0 one as a bare value). Rows follow TF Serving's
+rule: every output has a first dimension, the same in all, or the answer is a 400 naming the
+output that breaks it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.card import ModelCard, TensorSpec
+from service.codecs.json import native
 from service.dataplane import InferenceRequest, InferenceResponse
 from service.errors import BadRequest
 from service.tensors import numbers, quote
@@ -112,21 +116,39 @@ def labelled(spec: TensorSpec, values: np.ndarray) -> tuple[list[str], np.ndarra
 
 def encode_predict(response: InferenceResponse, row_format: bool) -> dict:
     card = response.model.card
-    outputs = response.outputs
+    outputs = {name: native(values) for name, values in response.outputs.items()}
     labels = {}
     for name, values in outputs.items():
         spec = card.output(name)
         if spec.labels and values.ndim >= 1 and len(values):
             prefix = "" if len(outputs) == 1 else f"{name}_"
             labels[prefix + "label"], labels[prefix + "label_probability"] = labelled(spec, values)
-    if len(outputs) == 1 and not labels:
-        (values,) = outputs.values()
-        return {"predictions": values} if row_format else {"outputs": values}
     columns = {**outputs, **labels}
+    (first, *others) = columns.values()  # one output without labels gives its values, unwrapped
     if not row_format:
-        return {"outputs": columns}
-    count = min(len(values) for values in columns.values())
+        return {"outputs": columns if others else first}
+    count = batch_of(outputs)
+    if not others:
+        return {"predictions": first}
     return {"predictions": [{key: values[row] for key, values in columns.items()} for row in range(count)]}
+
+
+def batch_of(outputs: dict) -> int:
+    """The rows of a row format answer: TF Serving's rule, every output has a first dimension and
+    the same one (an output without it belongs to no row, and repeating or cutting it would
+    answer something the model did not)."""
+    count, first = None, None
+    for name, values in outputs.items():
+        if values.ndim == 0:
+            raise BadRequest(f"output {name!r} is a scalar, without a first dimension to split into "
+                             "rows; send 'inputs' (columns) instead of 'instances' to get it")
+        if count is None:
+            count, first = len(values), name
+        elif len(values) != count:
+            raise BadRequest(f"output {name!r} has {len(values)} in its first dimension and output "
+                             f"{first!r} {count}: rows need the same in every output; send 'inputs' "
+                             "(columns) instead of 'instances'")
+    return count
 
 
 def encode_explain(response: InferenceResponse, activations: list[np.ndarray]) -> dict:
