@@ -137,3 +137,25 @@ def test_rows_need_outputs_batched_alike(client, repository, rows):
             np.testing.assert_array_equal(typed(answer[output], np.dtype(np.float32)), expected[output])
     else:
         assert isinstance(answer, str) and "'first_row'" in answer and "'rank2'" in answer, answer
+
+
+def test_label_columns_never_replace_an_output_called_label(tmp_path):
+    """A classifier whose one output is called `label` keeps its scores; the label columns take
+    the output's name as prefix instead."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["label"])], "scores",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("label", TensorProto.FLOAT, ["batch", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    write_version(tmp_path, "scores", 1, model, labels={"label": ["a", "b", "c"]})
+    client = create_app({"model_repository": tmp_path}).test_client()
+    x = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]], dtype=np.float32)
+    expected = run(tmp_path / "scores" / "1" / "model.onnx", {"x": x})["label"]
+    answer = client.post("/v1/models/scores:predict", json={"instances": x.tolist()}).get_json()
+    rows = answer["predictions"]
+    np.testing.assert_allclose([row["label"] for row in rows], expected, atol=1e-6)
+    assert [row["label_label"] for row in rows] == [["a", "b", "c"][k] for k in np.argmax(expected, axis=1)]
+    probabilities = [row["label_label_probability"] for row in rows]
+    assert probabilities == pytest.approx(np.max(expected, axis=1).tolist())

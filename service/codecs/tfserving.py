@@ -10,7 +10,8 @@ Request formats (one of the two):
 Answers follow TF Serving: a model with one output gives its values; with several, an object
 per row (or per column set) keyed by output name. Outputs with class labels in the card add
 the label of each row and its probability: `label` and `label_probability` for a model with one
-output, `<output>_label` and `<output>_label_probability` otherwise.
+output, `<output>_label` and `<output>_label_probability` otherwise (and whenever the short
+names are an output's own, as for an output called `label`).
 Columns answer outputs of any rank (a rank-0 one as a bare value). Rows follow TF Serving's
 rule: every output has a first dimension, the same in all, or the answer is a 400 naming the
 output that breaks it.
@@ -121,8 +122,11 @@ def encode_predict(response: InferenceResponse, row_format: bool) -> dict:
     for name, values in outputs.items():
         spec = card.output(name)
         if spec.labels and values.ndim >= 1 and len(values):
-            prefix = "" if len(outputs) == 1 else f"{name}_"
-            labels[prefix + "label"], labels[prefix + "label_probability"] = labelled(spec, values)
+            for prefix in ("" if len(outputs) == 1 else f"{name}_", f"{name}_"):
+                keys = prefix + "label", prefix + "label_probability"
+                if not set(keys) & set(outputs):  # never in place of an output's own values
+                    labels[keys[0]], labels[keys[1]] = labelled(spec, values)
+                    break
     columns = {**outputs, **labels}
     (first, *others) = columns.values()  # one output without labels gives its values, unwrapped
     if not row_format:
