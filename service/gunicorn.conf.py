@@ -33,6 +33,11 @@ errorlog = "-"
 loglevel = settings.log_level
 logger_class = JsonAccessLogger
 wsgi_app = "service:create_app()"
+# No control socket (gunicornc): its default path is one per user ($XDG_RUNTIME_DIR/gunicorn.ctl,
+# else ~/.gunicorn/gunicorn.ctl), so a second server takes it from the first, and the first one
+# to stop removes it. Signals do all the service needs (HUP reloads, TERM stops), and the worker
+# count stays the one SERVING_WORKERS sizes to the CPU limit.
+control_socket_disable = True
 
 # Prometheus multiprocess mode: every worker writes its samples under this folder, and
 # /metrics sums them. It must be set before a worker imports prometheus_client.
