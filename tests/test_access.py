@@ -139,6 +139,19 @@ def test_requests_from_an_allowed_origin_read_the_answer_and_others_are_refused(
     assert own.status_code == 200 and "Access-Control-Allow-Origin" not in own.headers
 
 
+@pytest.mark.parametrize(("origin", "scheme", "status"), [
+    ("http://serving.local:8000", "http", 200), ("https://serving.local:8000", "https", 200),
+    ("https://serving.local:8000", "http", 403), ("http://serving.local:8000", "https", 403),
+    ("http://other.local:8000", "http", 403), ("http://serving.local:8001", "http", 403)])
+def test_the_own_origin_has_the_requests_scheme_host_and_port(origin, scheme, status):
+    """An https page is not the origin of a request that came over http, nor the other way round."""
+    client = guarded(api_keys=KEY, cors_origins=ORIGIN)
+    answer = client.post("/v2/models/demand/infer", json=INFER, base_url=f"{scheme}://serving.local:8000",
+                         headers={"Origin": origin, **bearer(KEY)})
+    assert answer.status_code == status, answer.get_data(as_text=True)
+    assert "Access-Control-Allow-Origin" not in answer.headers
+
+
 def test_any_origin():
     answer = guarded(cors_origins="*").get("/v2", headers={"Origin": "https://anywhere.example"})
     assert answer.status_code == 200 and answer.headers["Access-Control-Allow-Origin"] == "*"
@@ -262,6 +275,23 @@ def test_cors_through_the_front_door(guarded_door):
                          data=json.dumps({"instances": [ROW]}), timeout=10,
                          headers={"Content-Type": "application/x-www-form-urlencoded", **bearer(KEY)})
     assert form.status_code == 415 and "application/json" in form.json()["error"]
+
+
+def test_the_own_origin_through_the_front_door(guarded_door):
+    """The page's own POSTs pass; an https page's only when the request came over https, which
+    behind the front door is X-Forwarded-Proto from nginx's client (a proxy that terminates TLS)."""
+    url = f"{guarded_door.url}/v2/models/demand/infer"
+    http_origin = guarded_door.url
+    https_origin = guarded_door.url.replace("http://", "https://")
+
+    def status(origin: str, **headers: str) -> int:
+        return requests.post(url, json=INFER, timeout=10, headers={"Origin": origin, **bearer(KEY),
+                                                                   **headers}).status_code
+
+    assert status(http_origin) == 200
+    assert status(https_origin) == 403
+    assert status(https_origin, **{"X-Forwarded-Proto": "https"}) == 200
+    assert status(http_origin, **{"X-Forwarded-Proto": "https"}) == 403
 
 
 def test_grpc_needs_the_key_but_not_for_health(guarded_door):
