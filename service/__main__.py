@@ -112,7 +112,8 @@ def main() -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     try:
-        children["gunicorn"] = subprocess.Popen(gunicorn_command("--bind", f"unix:{socket}"))
+        children["gunicorn"] = subprocess.Popen(gunicorn_command("--bind", f"unix:{socket}",
+                                                                 *nginx.gunicorn_limits()))
         if not wait_for_socket(socket, children["gunicorn"]):
             print("error: gunicorn did not start; see its log above", file=sys.stderr)
             forward(signal.SIGTERM, None)

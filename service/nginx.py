@@ -36,6 +36,10 @@ ERROR_PAGES = "/.front-door-errors/"
 LARGE_BODY_DIGITS = 7
 LARGE_BODIES = "/.front-door-large-bodies"
 BODY_FILE_HEADER = "X-Front-Door-Body-File"  # service.protocols.common.BODY_FILE
+# nginx reads a request's head into buffers of HEADER_BUFFER_BYTES: the request line, and each
+# header line, must fit in one (else its 414, or 400), and the whole head in HEADER_BUFFERS of them.
+HEADER_BUFFERS = 4
+HEADER_BUFFER_BYTES = 8192  # nginx's default; gunicorn takes request lines of 8190 bytes at most
 PROXY_HEADERS = """proxy_set_header Host $http_host;
             proxy_set_header X-Real-IP $remote_addr;
             proxy_set_header X-Forwarded-For $remote_addr;
@@ -47,6 +51,18 @@ def listen_directive(bind: str) -> str:
     if host in ("", "0.0.0.0", "*"):
         return f"listen {port};"
     return f"listen {host}:{port};"
+
+
+def gunicorn_limits() -> list[str]:
+    """gunicorn's options behind the front door: its limits let through whatever nginx passes on,
+    as a request gunicorn refuses reaches neither the app nor the access log."""
+    return [
+        "--limit-request-line", str(HEADER_BUFFER_BYTES - 2),  # a line and its CRLF fill a buffer
+        # nginx passes a header on as "name: value": a byte more than a "name:value" that filled one.
+        "--limit-request-field_size", str(HEADER_BUFFER_BYTES + 1),
+        # gunicorn's most: nginx's buffers hold fewer header lines, of 4 bytes at the least.
+        "--limit-request-fields", "32768",
+    ]
 
 
 def render(settings: Settings, runtime: Path, upstream: Path) -> str:
@@ -72,6 +88,8 @@ http {{
     fastcgi_temp_path {runtime}/fastcgi;
     uwsgi_temp_path {runtime}/uwsgi;
     scgi_temp_path {runtime}/scgi;
+    client_header_buffer_size 1k;
+    large_client_header_buffers {HEADER_BUFFERS} {HEADER_BUFFER_BYTES // 1024}k;  # see gunicorn_limits
     client_header_timeout {timeout}s;
     client_body_timeout {timeout}s;
     send_timeout {timeout}s;

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from service import forward
+from service.nginx import HEADER_BUFFER_BYTES, HEADER_BUFFERS
 from tests.conftest import front_door, gunicorn, latest_version
 
 ROW = [25.0, 7.5, 2500.0, 5.5]
@@ -136,6 +137,51 @@ def test_the_front_doors_own_errors_are_json(nginx_door, raw, status, message):
     assert answer_status == status, body
     assert headers["Content-Type"] == "application/json"
     assert message in json.loads(body)["error"]
+
+
+def line_of(length: int) -> bytes:
+    """A request line of this many bytes (without its CRLF)."""
+    return b"GET /" + b"a" * (length - len(b"GET / HTTP/1.1")) + b" HTTP/1.1"
+
+
+def header_of(length: int, name: bytes = b"X-Big") -> bytes:
+    """A header line of this many bytes (without its CRLF), written without a space after the colon."""
+    return name + b":" + b"a" * (length - len(name) - 1)
+
+
+LONGEST = HEADER_BUFFER_BYTES - 2  # a line and its CRLF fill one of nginx's buffers
+V2 = b"GET /v2 HTTP/1.1"
+LIMITS = {
+    "longest-line": (line_of(LONGEST), [], 404),
+    "line-too-long": (line_of(LONGEST + 1), [], 414),
+    "longest-header": (V2, [header_of(LONGEST)], 200),
+    "header-too-long": (V2, [header_of(LONGEST + 1)], 400),
+    "many-headers": (V2, [b"X-%d: y" % n for n in range(150)], 200),  # gunicorn's own limit is 100
+    # A header line never spans two buffers: one each, and then one too many.
+    "buffers-full": (V2, [header_of(7000, b"X-%d" % n) for n in range(HEADER_BUFFERS)], 200),
+    "buffers-over": (V2, [header_of(6000, b"X-%d" % n) for n in range(HEADER_BUFFERS + 1)], 400),
+}
+
+
+@pytest.mark.parametrize("case", LIMITS)
+def test_what_nginx_passes_on_gunicorn_takes(nginx_door, case):
+    """A request line and headers just under nginx's limits reach the app, which answers and logs
+    them; just over, nginx refuses them. gunicorn, between the two, refuses nothing: its refusals
+    reach neither the app nor the access log."""
+    line, headers, status = LIMITS[case]
+    request_id = f"limits-{case}"
+    raw = b"\r\n".join([line, b"Host: x", f"X-Request-ID: {request_id}".encode(), *headers,
+                         b"Connection: close"]) + b"\r\n\r\n"
+    answer_status, answer_headers, body = exchange(nginx_door.url, raw)
+    assert answer_status == status, body[:200]
+    time.sleep(0.2)  # the access-log line
+    log = nginx_door.log_text()
+    assert "Invalid request" not in log  # gunicorn's warning when it refuses a request
+    if status in (200, 404):  # the app's answer, logged
+        assert answer_headers["X-Request-ID"] == request_id
+        assert f'"request_id":"{request_id}"' in log
+    else:  # nginx's own
+        assert "too l" in json.loads(body)["error"]  # too long, too large
 
 
 def test_keep_alive_answers_many_requests_on_one_connection(nginx_door):
