@@ -10,8 +10,10 @@ nginx's own errors are JSON like the service's.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+from service.access import EXPOSED_HEADERS
 from service.settings import Settings
 
 # nginx's own answers, as the JSON errors the API promises ({"error": "..."}).
@@ -65,14 +67,34 @@ def gunicorn_limits() -> list[str]:
     ]
 
 
+def cors(settings: Settings) -> tuple[str, str]:
+    """nginx's own answers (a 413, a 502) with the CORS headers service.access gives the app's,
+    so that a page of a listed origin can read them too: (maps for the http block, add_header
+    directives for the error pages), or nothing while SERVING_CORS_ORIGINS is unset."""
+    if not settings.cors_origins:
+        return "", ""
+    if "*" in settings.cors_origins:
+        allowed, vary = '"" ""; default "*";', ""
+    else:  # regular expressions, as nginx compares a map's strings without regard to case
+        allowed = 'default "";' + "".join(f' "~^{re.escape(origin)}$" $http_origin;'
+                                          for origin in settings.cors_origins)
+        vary = "add_header Vary Origin always; "
+    maps = (f"map $http_origin $cors_allow_origin {{ {allowed} }}\n"
+            f'    map $cors_allow_origin $cors_expose_headers {{ "" ""; default "{EXPOSED_HEADERS}"; }}')
+    # An empty value adds no header: nothing for an origin that is not listed.
+    return maps, (vary + "add_header Access-Control-Allow-Origin $cors_allow_origin always; "
+                  "add_header Access-Control-Expose-Headers $cors_expose_headers always; ")
+
+
 def render(settings: Settings, runtime: Path, upstream: Path) -> str:
     """nginx.conf for a runtime folder (pid, temporary files) and gunicorn's unix socket."""
+    cors_maps, cors_headers = cors(settings)
     # URIs, not named locations: nginx cannot redirect a request whose line it could not parse
     # to a named location. `internal`: clients cannot ask for them.
     pages = "\n".join(
         f"        error_page {code} {ERROR_PAGES}{code};\n"
         f"        location = {ERROR_PAGES}{code} {{ internal; default_type application/json; "
-        f"return {CLIENT_STATUS.get(code, code)} '{json.dumps({'error': message})}'; }}"
+        f"{cors_headers}return {CLIENT_STATUS.get(code, code)} '{json.dumps({'error': message})}'; }}"
         for code, message in ERRORS.items())
     timeout = settings.client_timeout
     return f"""# Written by service/nginx.py at start; edits are lost.
@@ -104,6 +126,7 @@ http {{
     proxy_http_version 1.0;  # sync workers close every connection: no upstream keep-alive
     upstream service {{ server unix:{upstream}; }}
     map $content_length $large_body {{ default 0; "~^[0-9]{{{LARGE_BODY_DIGITS},}}$" 1; }}
+    {cors_maps}
     server {{
         {listen_directive(settings.bind)}
         location / {{
