@@ -4,7 +4,8 @@ nginx reads whole requests (headers and body) before gunicorn sees them and writ
 answers on gunicorn's behalf, so a slow, idle or never-reading client holds an nginx
 connection (cheap, event-driven), never a sync worker. Clients are cut off after
 `client_timeout` seconds without progress; kept-alive connections after `keepalive_timeout`.
-nginx's own errors are JSON like the service's.
+nginx's own errors are JSON like the service's, with a request id, and nginx writes them to the
+access log (its stdout, which the launcher relays to its own) as gunicorn does the app's answers.
 """
 
 from __future__ import annotations
@@ -42,6 +43,22 @@ BODY_FILE_HEADER = "X-Front-Door-Body-File"  # service.protocols.common.BODY_FIL
 # header line, must fit in one (else its 414, or 400), and the whole head in HEADER_BUFFERS of them.
 HEADER_BUFFERS = 4
 HEADER_BUFFER_BYTES = 8192  # nginx's default; gunicorn takes request lines of 8190 bytes at most
+# The X-Request-ID a client may choose, as service.app.CLIENT_ID (the app's, not imported: it
+# would load onnxruntime into the launcher); nginx makes one up otherwise.
+CLIENT_ID = r"[A-Za-z0-9._:@/+=-]{1,128}"
+# nginx's own answers in the access log, the keys of service.access_log's: only printable ASCII
+# is written as sent (the path still percent-encoded), as nginx cannot escape other bytes in JSON.
+ACCESS_LOG = f"""map $request $front_door_method {{ "~^([A-Z]+) " $1; }}  # error pages are GETs
+    map $request_uri $front_door_path {{ "~^([!-~]*?)(\\?[!-~]*)?$" $1; "~." "(not printable ASCII)"; }}
+    map $request_uri $front_door_query {{ "~^[^?]*\\?([!-~]+)$" $1; }}
+    map $request_time $front_door_ms {{ "~^0\\.0*([0-9]+)$" $1; "~^([0-9]+)\\.([0-9]+)$" $1$2; }}
+    map $http_x_request_id $front_door_request_id {{
+        default $request_id; "~^{CLIENT_ID}$" $http_x_request_id; }}
+    map $http_user_agent $front_door_agent {{ "~^[ -~]+$" $http_user_agent; "~." "(not printable ASCII)"; }}
+    log_format front_door escape=json '{{"time":"$time_iso8601","remote":"$remote_addr",'
+        '"method":"$front_door_method","path":"$front_door_path","query":"$front_door_query",'
+        '"status":$status,"bytes":$body_bytes_sent,"duration_ms":$front_door_ms,'
+        '"request_id":"$front_door_request_id","user_agent":"$front_door_agent"}}';"""
 PROXY_HEADERS = """proxy_set_header Host $http_host;
             proxy_set_header X-Real-IP $remote_addr;
             proxy_set_header X-Forwarded-For $remote_addr;
@@ -94,6 +111,7 @@ def render(settings: Settings, runtime: Path, upstream: Path) -> str:
     pages = "\n".join(
         f"        error_page {code} {ERROR_PAGES}{code};\n"
         f"        location = {ERROR_PAGES}{code} {{ internal; default_type application/json; "
+        "access_log /dev/stdout front_door; add_header X-Request-ID $front_door_request_id always; "
         f"{cors_headers}return {CLIENT_STATUS.get(code, code)} '{json.dumps({'error': message})}'; }}"
         for code, message in ERRORS.items())
     timeout = settings.client_timeout
@@ -103,7 +121,8 @@ pid {runtime}/nginx.pid;
 error_log stderr error;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;  # gunicorn writes the JSON access log, with the request id
+    access_log off;  # gunicorn logs the answers it gives; the error pages below, nginx's own
+    {ACCESS_LOG}
     server_tokens off;
     client_body_temp_path {runtime}/client-body;
     proxy_temp_path {runtime}/proxy;
