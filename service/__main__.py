@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -90,6 +91,7 @@ def main() -> int:
     children: dict[str, subprocess.Popen] = {}
     pool = grpc_pool.Pool(settings.workers)
     stopping = False
+    relaying = None
 
     def forward(signum, _frame):
         nonlocal stopping
@@ -112,14 +114,19 @@ def main() -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     try:
-        children["gunicorn"] = subprocess.Popen(gunicorn_command("--bind", f"unix:{socket}"))
+        children["gunicorn"] = subprocess.Popen(gunicorn_command("--bind", f"unix:{socket}",
+                                                                 *nginx.gunicorn_limits()))
         if not wait_for_socket(socket, children["gunicorn"]):
             print("error: gunicorn did not start; see its log above", file=sys.stderr)
             forward(signal.SIGTERM, None)
             return 1
         if not stopping:
             children["nginx"] = subprocess.Popen(
-                [program, "-c", str(config), "-p", str(runtime), "-e", "stderr", "-g", "daemon off;"])
+                [program, "-c", str(config), "-p", str(runtime), "-e", "stderr", "-g", "daemon off;"],
+                stdout=subprocess.PIPE)
+            relaying = threading.Thread(target=relay, args=(children["nginx"].stdout, sys.stdout.buffer),
+                                        daemon=True)
+            relaying.start()
         # After gunicorn is up: its on_starting empties the Prometheus folder.
         if not stopping and not pool.start() and not stopping:  # a SIGTERM may come while it starts
             print("error: the gRPC server did not start; see its log above", file=sys.stderr)
@@ -132,7 +139,18 @@ def main() -> int:
         for child in children.values():
             if child.poll() is None:
                 child.kill()
+        if relaying is not None:
+            relaying.join(timeout=5)  # nginx's last lines: it has exited, its pipe ends
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def relay(lines, out) -> None:
+    """nginx's access-log lines onto the stdout gunicorn writes its own to. nginx can only open a
+    path (/dev/stdout): with a fresh file offset, which gunicorn's writes would overwrite in a
+    file not opened for appending, and not at all when stdout is a socket."""
+    for line in lines:
+        out.write(line)
+        out.flush()
 
 
 def watch(children: dict[str, subprocess.Popen], stopping, stop, pool: grpc_pool.Pool) -> int:

@@ -5,12 +5,19 @@ set. When on, every request passes these steps in order, each answering for itse
 
 1. a CORS preflight (OPTIONS with Access-Control-Request-Method) is answered here, without a key
    (browsers send none): 204 for an allowed origin, method and headers, else 403;
-2. a request whose Origin is neither allowed nor this server's own is refused (403), so that a
-   page elsewhere cannot run an inference it may not even read;
+2. a request whose Origin is neither allowed nor this server's own (the same scheme, host and
+   port) is refused (403), so that a page elsewhere cannot run an inference it may not even read;
 3. with keys, a route outside PUBLIC needs `Authorization: Bearer <key>`: 401 with a
    WWW-Authenticate challenge otherwise (RFC 6750);
 4. the bodies a cross-site form can send without a preflight (form-encoded, multipart, plain
    text) are refused (415).
+
+The own origin's scheme is gunicorn's wsgi.url_scheme: http, or https when the request carries
+X-Forwarded-Proto: https (or another of gunicorn's secure_scheme_headers) from a peer gunicorn
+trusts: nginx on the unix socket behind the front door, which passes on what its own client sent
+(a proxy that terminates TLS), and FORWARDED_ALLOW_IPS (127.0.0.1) without it. Trusting a
+client that sets it itself costs nothing: a browser cannot add the header without a preflight,
+refused to a page elsewhere, and any other client can send any Origin anyway.
 
 Answers to an allowed origin carry Access-Control-Allow-Origin, errors included. Keys are held as
 SHA-256 digests and compared in constant time; no message, log line or repr shows one. The
@@ -139,11 +146,12 @@ class AccessControl:
         return self.wsgi_app(environ, start)
 
     def origin_allowed(self, origin: str, environ) -> bool:
-        """Listed, or this server's own (the page: browsers send Origin on its POSTs)."""
+        """Listed, or this server's own (the page: browsers send Origin on its POSTs): an http page
+        is not the origin of a request that came over https, nor the other way round."""
         if self.any_origin or origin in self.origins:
             return True
-        _, _, host = origin.partition("://")
-        return host.lower() == environ.get("HTTP_HOST", "").lower()
+        own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
+        return origin.lower() == own.lower()
 
     def with_cors_headers(self, origin: str | None, start_response):
         if not self.origins:

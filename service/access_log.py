@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import orjson
 from gunicorn.glogging import Logger
+
+# What a reader of the log must not take literally: control characters (C0, DEL, C1, among them
+# U+0085, a line end to str.splitlines and others) and the Unicode line and paragraph separators.
+UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def client_text(value: str | None) -> str | None:
+    """A WSGI string from the client (its bytes as latin-1) as the client meant it: UTF-8, with
+    the bytes that are not UTF-8 and the characters UNPRINTABLE matches written as Python
+    escapes (\\xff, \\n, \\x1b, \\u2028), and a backslash as two, so that every backslash in
+    the log starts an escape."""
+    if value is None or (value.isascii() and value.isprintable() and "\\" not in value):
+        return value
+    text = value.encode("latin-1").replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+    return UNPRINTABLE.sub(lambda found: ascii(found[0])[1:-1], text)
 
 
 class JsonAccessLogger(Logger):
@@ -24,13 +40,13 @@ class JsonAccessLogger(Logger):
             # address is nginx's X-Real-IP, which only a local process could have set.
             "remote": environ.get("REMOTE_ADDR") or environ.get("HTTP_X_REAL_IP"),
             "method": environ.get("REQUEST_METHOD"),
-            "path": environ.get("PATH_INFO"),
-            "query": environ.get("QUERY_STRING") or None,
+            "path": client_text(environ.get("PATH_INFO")),  # percent-decoded bytes, as latin-1
+            "query": client_text(environ.get("QUERY_STRING") or None),
             "status": int(status) if str(status).isdigit() else status,
             "bytes": getattr(resp, "sent", None),
             "duration_ms": round(request_time.total_seconds() * 1000, 3),
             "request_id": request_id,
-            "user_agent": environ.get("HTTP_USER_AGENT"),
+            "user_agent": client_text(environ.get("HTTP_USER_AGENT")),
         }
         self.write(orjson.dumps(record).decode())
 

@@ -9,6 +9,7 @@ requests/s but had a worse and less stable p99 (see README, Performance); behind
 keep-alive is nginx's job.
 """
 
+import atexit
 import os
 import shutil
 import socket
@@ -33,17 +34,39 @@ errorlog = "-"
 loglevel = settings.log_level
 logger_class = JsonAccessLogger
 wsgi_app = "service:create_app()"
+# No control socket (gunicornc): its default path is one per user ($XDG_RUNTIME_DIR/gunicorn.ctl,
+# else ~/.gunicorn/gunicorn.ctl), so a second server takes it from the first, and the first one
+# to stop removes it. Signals do all the service needs (HUP reloads, TERM stops), and the worker
+# count stays the one SERVING_WORKERS sizes to the CPU limit.
+control_socket_disable = True
 
 # Prometheus multiprocess mode: every worker writes its samples under this folder, and
-# /metrics sums them. It must be set before a worker imports prometheus_client.
-metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="serving-metrics-")
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+# /metrics sums them. It must be set before a worker imports prometheus_client. When none is
+# given (gunicorn alone), the master makes one and removes it when it exits; MADE_HERE names it
+# in the environment, which outlives this file: a reload (SIGHUP) runs the file again and must
+# not take the folder for one given, and a master re-executed by USR2 inherits it.
+MADE_HERE = "SERVING_METRICS_DIR_MADE"  # not a setting
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ[MADE_HERE] = tempfile.mkdtemp(prefix="serving-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[MADE_HERE]
+metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def on_starting(server):
-    """Samples of an earlier run would be summed in: start from an empty folder."""
+    """Samples of an earlier run would be summed in: start from an empty folder. At exit, not
+    in gunicorn's on_exit, which a master that cannot bind its address never reaches."""
     shutil.rmtree(metrics_dir, ignore_errors=True)
     os.makedirs(metrics_dir, exist_ok=True)
+    if os.environ.get(MADE_HERE) == metrics_dir:
+        atexit.register(remove_made_folder, server)
+
+
+def remove_made_folder(server):
+    """The folder goes with the last master, as gunicorn's unix sockets do: not with a worker
+    (forked, it inherits this), nor with a master whose successor (USR2) serves on, nor with a
+    successor while the old master runs."""
+    if os.getpid() == server.pid and server.reexec_pid == server.master_pid == 0:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def child_exit(server, worker):

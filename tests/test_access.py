@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -23,6 +25,7 @@ from service import forward
 from service.access import AccessControl, Keys, middleware
 from service.settings import Settings
 from tests.conftest import MODELS, ROOT, front_door, gunicorn, latest_version
+from tests.test_front_door import exchange
 
 KEY = "test-key-0123456789abcdef"
 OTHER_KEY = "second.key_ABCDEFGHIJ~+/"
@@ -137,6 +140,19 @@ def test_requests_from_an_allowed_origin_read_the_answer_and_others_are_refused(
     own = client.post("/v2/models/demand/infer", json=INFER, headers={
         "Origin": "http://serving.local:8000", "Host": "serving.local:8000", **bearer(KEY)})
     assert own.status_code == 200 and "Access-Control-Allow-Origin" not in own.headers
+
+
+@pytest.mark.parametrize(("origin", "scheme", "status"), [
+    ("http://serving.local:8000", "http", 200), ("https://serving.local:8000", "https", 200),
+    ("https://serving.local:8000", "http", 403), ("http://serving.local:8000", "https", 403),
+    ("http://other.local:8000", "http", 403), ("http://serving.local:8001", "http", 403)])
+def test_the_own_origin_has_the_requests_scheme_host_and_port(origin, scheme, status):
+    """An https page is not the origin of a request that came over http, nor the other way round."""
+    client = guarded(api_keys=KEY, cors_origins=ORIGIN)
+    answer = client.post("/v2/models/demand/infer", json=INFER, base_url=f"{scheme}://serving.local:8000",
+                         headers={"Origin": origin, **bearer(KEY)})
+    assert answer.status_code == status, answer.get_data(as_text=True)
+    assert "Access-Control-Allow-Origin" not in answer.headers
 
 
 def test_any_origin():
@@ -262,6 +278,70 @@ def test_cors_through_the_front_door(guarded_door):
                          data=json.dumps({"instances": [ROW]}), timeout=10,
                          headers={"Content-Type": "application/x-www-form-urlencoded", **bearer(KEY)})
     assert form.status_code == 415 and "application/json" in form.json()["error"]
+
+
+def test_the_own_origin_through_the_front_door(guarded_door):
+    """The page's own POSTs pass; an https page's only when the request came over https, which
+    behind the front door is X-Forwarded-Proto from nginx's client (a proxy that terminates TLS)."""
+    url = f"{guarded_door.url}/v2/models/demand/infer"
+    http_origin = guarded_door.url
+    https_origin = guarded_door.url.replace("http://", "https://")
+
+    def status(origin: str, **headers: str) -> int:
+        return requests.post(url, json=INFER, timeout=10, headers={"Origin": origin, **bearer(KEY),
+                                                                   **headers}).status_code
+
+    assert status(http_origin) == 200
+    assert status(https_origin) == 403
+    assert status(https_origin, **{"X-Forwarded-Proto": "https"}) == 200
+    assert status(http_origin, **{"X-Forwarded-Proto": "https"}) == 403
+
+
+FRONT_DOOR_ERRORS = {  # nginx's own answers, each with the Origin header given
+    "body-too-large": (b"POST /v2/models/demand/infer HTTP/1.1\r\nHost: x\r\nOrigin: %s\r\n"
+                       b"Content-Length: 99999999\r\n\r\n", 413),
+    "bad-chunk": (b"POST /v2/models/demand/infer HTTP/1.1\r\nHost: x\r\nOrigin: %s\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    "headers-too-large": (b"GET /v2 HTTP/1.1\r\nHost: x\r\nOrigin: %s\r\nX-Big: " + b"a" * 20000
+                          + b"\r\n\r\n", 400),
+    "error-page-itself": (b"GET /.front-door-errors/400 HTTP/1.1\r\nHost: x\r\nOrigin: %s\r\n"
+                          b"Connection: close\r\n\r\n", 404),
+}
+
+
+def assert_cors_on_the_front_doors_error(url: str, raw: bytes, status: int) -> None:
+    """A page of the listed origin may read nginx's own answer; another origin's may not."""
+    for origin, allowed in ((ORIGIN, ORIGIN), ("https://evil.example", None)):
+        answer_status, headers, body = exchange(url, raw % origin.encode())
+        assert answer_status == status and "error" in json.loads(body), body
+        assert headers.get("Access-Control-Allow-Origin") == allowed, origin
+        assert "Origin" in headers["Vary"]
+        if allowed:
+            assert "X-Request-ID" in headers["Access-Control-Expose-Headers"]
+
+
+@pytest.mark.parametrize("case", FRONT_DOOR_ERRORS)
+def test_the_front_doors_own_errors_carry_the_cors_headers(guarded_door, case):
+    assert_cors_on_the_front_doors_error(guarded_door.url, *FRONT_DOOR_ERRORS[case])
+
+
+def test_the_front_doors_502_carries_the_cors_headers():
+    """gunicorn unreachable (its socket removed): nginx's 502, readable by a listed origin."""
+    with front_door(workers=1, SERVING_CORS_ORIGINS=ORIGIN) as running:
+        commands = b" ".join(Path(f"/proc/{pid}/cmdline").read_bytes() for pid in running.descendants())
+        (socket,) = set(re.findall(rb"unix:(/\S+?/gunicorn\.sock)", commands))
+        Path(os.fsdecode(socket)).unlink()
+        assert_cors_on_the_front_doors_error(running.url, b"GET /v2 HTTP/1.1\r\nHost: x\r\nOrigin: %s\r\n"
+                                                          b"Connection: close\r\n\r\n", 502)
+
+
+def test_any_origin_on_the_front_doors_own_errors():
+    with front_door(workers=1, SERVING_CORS_ORIGINS="*") as running:
+        status, headers, _ = exchange(running.url, FRONT_DOOR_ERRORS["body-too-large"][0] % b"https://a.example")
+        assert status == 413 and headers["Access-Control-Allow-Origin"] == "*" and "Vary" not in headers
+        status, headers, _ = exchange(running.url, b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000
+                                      + b"\r\n\r\n")
+        assert status == 400 and "Access-Control-Allow-Origin" not in headers  # no Origin, no CORS
 
 
 def test_grpc_needs_the_key_but_not_for_health(guarded_door):

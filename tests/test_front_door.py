@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from service import forward
+from service import forward, nginx
+from service.nginx import HEADER_BUFFER_BYTES, HEADER_BUFFERS
 from tests.conftest import front_door, gunicorn, latest_version
 
 ROW = [25.0, 7.5, 2500.0, 5.5]
@@ -136,6 +137,95 @@ def test_the_front_doors_own_errors_are_json(nginx_door, raw, status, message):
     assert answer_status == status, body
     assert headers["Content-Type"] == "application/json"
     assert message in json.loads(body)["error"]
+
+
+def line_of(length: int) -> bytes:
+    """A request line of this many bytes (without its CRLF)."""
+    return b"GET /" + b"a" * (length - len(b"GET / HTTP/1.1")) + b" HTTP/1.1"
+
+
+def header_of(length: int, name: bytes = b"X-Big") -> bytes:
+    """A header line of this many bytes (without its CRLF), written without a space after the colon."""
+    return name + b":" + b"a" * (length - len(name) - 1)
+
+
+LONGEST = HEADER_BUFFER_BYTES - 2  # a line and its CRLF fill one of nginx's buffers
+V2 = b"GET /v2 HTTP/1.1"
+LIMITS = {
+    "longest-line": (line_of(LONGEST), [], 404),
+    "line-too-long": (line_of(LONGEST + 1), [], 414),
+    "longest-header": (V2, [header_of(LONGEST)], 200),
+    "header-too-long": (V2, [header_of(LONGEST + 1)], 400),
+    "many-headers": (V2, [b"X-%d: y" % n for n in range(150)], 200),  # gunicorn's own limit is 100
+    # A header line never spans two buffers: one each, and then one too many.
+    "buffers-full": (V2, [header_of(7000, b"X-%d" % n) for n in range(HEADER_BUFFERS)], 200),
+    "buffers-over": (V2, [header_of(6000, b"X-%d" % n) for n in range(HEADER_BUFFERS + 1)], 400),
+}
+
+
+@pytest.mark.parametrize("case", LIMITS)
+def test_what_nginx_passes_on_gunicorn_takes(nginx_door, case):
+    """A request line and headers just under nginx's limits reach the app, which answers and logs
+    them; just over, nginx refuses them. gunicorn, between the two, refuses nothing: its refusals
+    reach neither the app nor the access log."""
+    line, headers, status = LIMITS[case]
+    request_id = f"limits-{case}"
+    raw = b"\r\n".join([line, b"Host: x", f"X-Request-ID: {request_id}".encode(), *headers,
+                         b"Connection: close"]) + b"\r\n\r\n"
+    answer_status, answer_headers, body = exchange(nginx_door.url, raw)
+    assert answer_status == status, body[:200]
+    assert "Invalid request" not in nginx_door.log_text()  # gunicorn's warning when it refuses one
+    # Logged, the app's answers by gunicorn and nginx's own by nginx, under the id of the answer:
+    # the client's, unless nginx refused the request line before it read the headers.
+    assert logged(nginx_door, answer_headers["X-Request-ID"])["status"] == status
+    if case != "line-too-long":
+        assert answer_headers["X-Request-ID"] == request_id
+    if status not in (200, 404):  # nginx's own
+        assert "too l" in json.loads(body)["error"]  # too long, too large
+
+
+def logged(server, request_id: str) -> dict:
+    """The access-log record of the request with this id (every line of the log is JSON or not
+    JSON at all, and UTF-8)."""
+    deadline = time.monotonic() + 5
+    while f'"request_id":"{request_id}"' not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.log.seek(0)
+    lines = server.log.read().decode("utf-8").splitlines()
+    (record,) = [r for r in map(json.loads, (line for line in lines if line.startswith("{")))
+                 if r["request_id"] == request_id]
+    return record
+
+
+@pytest.mark.parametrize(("raw", "fields"), [
+    (b"POST /v2/models/demand/infer?x=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: probe/1\r\n"
+     b"X-Request-ID: front-door-413\r\nContent-Length: 99999999\r\n\r\n",
+     {"method": "POST", "path": "/v2/models/demand/infer", "query": "x=1", "status": 413,
+      "user_agent": "probe/1", "remote": "127.0.0.1"}),
+    (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\nUser-Agent: caf\xc3\xa9\r\nX-Request-ID: front-door-494\r\n"
+     b"X-Big: " + b"a" * 20000 + b"\r\n\r\n",
+     {"method": "GET", "path": "(not printable ASCII)", "query": "", "status": 400,
+      "user_agent": "(not printable ASCII)"}),
+    (b"GET /v2?q=%0A HTTP/1.1\r\nHost: x\r\nX-Request-ID: front-door-chunk\r\nTransfer-Encoding: chunked"
+     b"\r\n\r\nzz\r\n", {"path": "/v2", "query": "q=%0A", "status": 400, "user_agent": ""}),
+], ids=["body-too-large", "headers-too-large", "bad-chunk"])
+def test_the_front_doors_own_answers_are_in_the_access_log(nginx_door, raw, fields):
+    """One JSON line each, with the keys of gunicorn's lines; nginx writes only printable ASCII
+    as sent (the path percent-encoded), as it cannot escape other bytes in JSON."""
+    request_id = raw.split(b"X-Request-ID: ")[1].split(b"\r\n")[0].decode()
+    status, headers, _ = exchange(nginx_door.url, raw)
+    assert status == fields["status"] and headers["X-Request-ID"] == request_id
+    record = logged(nginx_door, request_id)
+    assert {key: record[key] for key in fields} == fields
+    assert set(record) == {"time", "remote", "method", "path", "query", "status", "bytes", "duration_ms",
+                           "request_id", "user_agent"}
+    assert isinstance(record["duration_ms"], int) and record["bytes"] > 0
+
+
+def test_a_request_id_nginx_makes_up_is_one_the_app_would_echo():
+    from service import app
+
+    assert app.CLIENT_ID.pattern == nginx.CLIENT_ID
 
 
 def test_keep_alive_answers_many_requests_on_one_connection(nginx_door):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kserve_crds import load_crds, problems, scope, validator
+from test_manifests import with_api_keys
 
 from service.grpc_server import SERVICE
 from service.settings import Settings
@@ -82,10 +83,13 @@ def is_grpc_port(port: dict) -> bool:
 
 # --- KServe's CRDs, strictly -------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", [RUNTIME, RUNTIME_INFERENCE_SERVICE, CUSTOM_INFERENCE_SERVICE],
-                         ids=lambda p: p.name)
-def test_manifest_is_valid_against_kserves_crd(path, crds):
-    document = single_document(path)
+@pytest.mark.parametrize(("path", "api_keys"), [
+    (RUNTIME, False), (RUNTIME_INFERENCE_SERVICE, False), (CUSTOM_INFERENCE_SERVICE, False),
+    (RUNTIME_INFERENCE_SERVICE, True), (CUSTOM_INFERENCE_SERVICE, True)],
+    ids=lambda value: value.name if isinstance(value, Path) else "api-keys" if value else "")
+def test_manifest_is_valid_against_kserves_crd(path, api_keys, crds):
+    """As written, and with the API-key lines uncommented (tests/test_manifests.py, with_api_keys)."""
+    document = yaml.safe_load(with_api_keys(path.read_text())) if api_keys else single_document(path)
     assert problems(validator(crds, document), document) == []
     # metadata is ObjectMeta, which the CRD leaves open: the fields used here, and a namespace
     # exactly when the resource is namespaced.
@@ -256,6 +260,10 @@ def test_inference_service_takes_the_runtimes_container_as_it_is(isvc):
     predictor = isvc["spec"]["predictor"]
     assert set(predictor["model"]) == MODEL_SELECTION_FIELDS
     assert "containers" not in predictor  # they would run beside the kserve-container
+    # With API keys, the model block adds a variable and a mount to the container, nothing else.
+    keyed = yaml.safe_load(with_api_keys(RUNTIME_INFERENCE_SERVICE.read_text()))["spec"]["predictor"]
+    assert set(keyed["model"]) == MODEL_SELECTION_FIELDS | {"env", "volumeMounts"}
+    assert [e["name"] for e in keyed["model"]["env"]] == ["SERVING_API_KEYS_FILE"]
 
 
 def test_inference_service_names_a_model_repository(isvc):

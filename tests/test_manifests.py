@@ -10,6 +10,7 @@ schemas (no unknown fields) for fixed Kubernetes versions.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import runpy
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import kubernetes_validate
 import pytest
@@ -31,6 +32,7 @@ DEPLOY = ROOT / "deploy"
 KUSTOMIZATIONS = {
     "base": DEPLOY / "kubernetes" / "base",
     "overlay": DEPLOY / "kubernetes" / "overlays" / "example",
+    "overlay-api-keys": DEPLOY / "kubernetes" / "overlays" / "example-api-keys",
 }
 INFERENCE_SERVICE = DEPLOY / "kserve" / "inferenceservice.yaml"
 RUNTIME = DEPLOY / "kserve" / "clusterservingruntime.yaml"
@@ -51,6 +53,11 @@ EXPECTED_KINDS = {
              "PodDisruptionBudget", "NetworkPolicy"},
 }
 EXPECTED_KINDS["overlay"] = EXPECTED_KINDS["base"] | {"PersistentVolumeClaim"}
+EXPECTED_KINDS["overlay-api-keys"] = EXPECTED_KINDS["overlay"]
+# API keys, optional: the component deploy/kubernetes/components/api-keys, and in the KServe
+# examples the commented lines that end in API_KEYS_TAG (with_api_keys uncomments them).
+API_KEYS_SECRET = "onnx-serving-api-keys"
+API_KEYS_TAG = "  # api-keys"
 
 # What a v1beta1 PredictorSpec holds besides the inline PodSpec (ComponentExtensionSpec), and
 # its one-of implementations, of which a custom predictor (containers) uses none.
@@ -71,8 +78,16 @@ def rendered():
     return {name: build(path) for name, path in KUSTOMIZATIONS.items()}
 
 
-def single_document(path: Path) -> dict:
-    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+def with_api_keys(text: str) -> str:
+    """A KServe example with its API-key lines (commented, each ending in API_KEYS_TAG) uncommented."""
+    lines = re.findall(rf"^\s*# .*{re.escape(API_KEYS_TAG)}$", text, flags=re.M)
+    assert lines, "no API-key lines to uncomment"
+    return re.sub(rf"^(\s*)# (.*){re.escape(API_KEYS_TAG)}$", r"\1\2", text, flags=re.M)
+
+
+def single_document(path: Path, api_keys: bool = False) -> dict:
+    text = path.read_text()
+    documents = [d for d in yaml.safe_load_all(with_api_keys(text) if api_keys else text) if d]
     assert len(documents) == 1, path
     return documents[0]
 
@@ -82,18 +97,25 @@ def isvc():
     return single_document(INFERENCE_SERVICE)
 
 
-@pytest.fixture(scope="module")
-def runtime_pod():
+def kserve_runtime_pod(api_keys: bool) -> tuple[dict, dict]:
     """(pod spec, pod annotations) that KServe makes of the runtime and the InferenceService
     naming it: the runtime's containers, volumes and annotations, the predictor's pod-level
-    fields. (KServe merges the model block into the container too; this one adds nothing there,
-    which tests/test_kserve_runtime.py checks.)"""
+    fields, and the model block's env and volume mounts added to the container (all it may add:
+    tests/test_kserve_runtime.py checks)."""
     runtime = single_document(RUNTIME)["spec"]
-    predictor = single_document(RUNTIME_INFERENCE_SERVICE)["spec"]["predictor"]
+    predictor = single_document(RUNTIME_INFERENCE_SERVICE, api_keys)["spec"]["predictor"]
     spec = {k: v for k, v in predictor.items() if k not in KSERVE_EXTENSION_FIELDS | KSERVE_IMPLEMENTATIONS}
-    spec["containers"] = runtime["containers"]
+    (container,) = runtime["containers"]
+    container = {**container, **{field: container.get(field, []) + predictor["model"][field]
+                                 for field in ("env", "volumeMounts") if field in predictor["model"]}}
+    spec["containers"] = [container]
     spec["volumes"] = runtime.get("volumes", []) + spec.get("volumes", [])
     return spec, {**runtime.get("annotations", {}), **predictor.get("annotations", {})}
+
+
+@pytest.fixture(scope="module")
+def runtime_pod():
+    return kserve_runtime_pod(api_keys=False)
 
 
 def one(resources: list[dict], kind: str) -> dict:
@@ -107,15 +129,25 @@ def kserve_pod_spec(isvc: dict) -> dict:
     return {k: v for k, v in predictor.items() if k not in KSERVE_EXTENSION_FIELDS}
 
 
-@pytest.fixture(scope="module", params=["base", "overlay", "kserve", "kserve-runtime"])
-def pod(request, rendered, isvc, runtime_pod):
-    """(where, pod spec, pod annotations) of each way the server is deployed."""
-    if request.param == "kserve":
-        return request.param, kserve_pod_spec(isvc), isvc["spec"]["predictor"].get("annotations", {})
-    if request.param == "kserve-runtime":
-        return (request.param, *runtime_pod)
-    template = one(rendered[request.param], "Deployment")["spec"]["template"]
-    return request.param, template["spec"], template["metadata"].get("annotations", {})
+POD_SPECS = ["base", "overlay", "overlay-api-keys", "kserve", "kserve-api-keys", "kserve-runtime",
+             "kserve-runtime-api-keys"]
+
+
+def pod_of(where: str, rendered: dict) -> tuple[str, dict, dict]:
+    """(where, pod spec, pod annotations) of one way the server is deployed (POD_SPECS)."""
+    api_keys = where.endswith("-api-keys")
+    if where.startswith("kserve-runtime"):
+        return (where, *kserve_runtime_pod(api_keys))
+    if where.startswith("kserve"):
+        isvc = single_document(INFERENCE_SERVICE, api_keys)
+        return where, kserve_pod_spec(isvc), isvc["spec"]["predictor"].get("annotations", {})
+    template = one(rendered[where], "Deployment")["spec"]["template"]
+    return where, template["spec"], template["metadata"].get("annotations", {})
+
+
+@pytest.fixture(scope="module", params=POD_SPECS)
+def pod(request, rendered):
+    return pod_of(request.param, rendered)
 
 
 def server(pod_spec: dict) -> dict:
@@ -195,6 +227,11 @@ def test_overlay_changes_namespace_image_and_models_volume(rendered):
         k: v for k, v in base_spec.items() if k not in ("containers", "volumes")}
 
 
+def test_a_component_is_not_rendered_alone():
+    with pytest.raises(ValueError, match="expected a Kustomization"):
+        build(DEPLOY / "kubernetes" / "components" / "api-keys")
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_renderer_agrees_with_kubectl_kustomize(name, rendered):
@@ -219,11 +256,12 @@ def test_rendered_manifests_are_valid_kubernetes(name, version, rendered):
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_kserve_predictor_pod_spec_is_a_valid_pod_spec(version, isvc, runtime_pod):
+def test_kserve_predictor_pod_spec_is_a_valid_pod_spec(version, rendered):
     """The predictor inlines a core/v1 PodSpec, or KServe makes one of it and the runtime: checked
-    as a Pod, strictly (no unknown fields)."""
-    for name, spec in (("kserve", kserve_pod_spec(isvc)), ("kserve-runtime", runtime_pod[0])):
-        validate_strictly({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec},
+    as a Pod, strictly (no unknown fields), with and without the API keys."""
+    for where in (where for where in POD_SPECS if where.startswith("kserve")):
+        _, spec, _ = pod_of(where, rendered)
+        validate_strictly({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": where}, "spec": spec},
                           version)
 
 
@@ -456,6 +494,50 @@ def _without(probe: dict, fields: dict) -> dict:
             for k, v in probe.items() if not (k in fields and fields[k] is None)}
 
 
+# --- API keys from a Secret: only where asked for ----------------------------------------------
+
+@pytest.mark.parametrize("where", POD_SPECS)
+def test_api_keys_come_from_the_secret_only_where_asked_for(where, rendered):
+    _, spec, _ = pod_of(where, rendered)
+    container = server(spec)
+    secrets = [volume for volume in spec["volumes"] if "secret" in volume]
+    keys_file = env(container).get("SERVING_API_KEYS_FILE")
+    if not where.endswith("-api-keys"):
+        assert keys_file is None and not secrets, f"{where}: the examples run without a Secret"
+        return
+    (volume,) = secrets
+    assert volume["secret"]["secretName"] == API_KEYS_SECRET, where
+    # Without the Secret the pod waits, and never serves without keys.
+    assert volume["secret"].get("optional", False) is False, where
+    # Secret files belong to root: the server's user (no fsGroup) reads them as "others".
+    assert volume["secret"]["defaultMode"] & 0o004 and not volume["secret"]["defaultMode"] & 0o222, where
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True and "subPath" not in mount, where  # a subPath never sees a change
+    # The file is the Secret's key `api-keys` (deploy/README.md), in the mounted folder.
+    assert PurePosixPath(keys_file) == PurePosixPath(mount["mountPath"]) / "api-keys", where
+    assert Settings.load(environ={**image_env(), **env(container)}).api_keys_file == Path(keys_file)
+
+
+def without_api_keys(spec: dict) -> dict:
+    """A pod spec without the API keys' variable, mount and volume."""
+    spec = copy.deepcopy(spec)
+    container = server(spec)
+    container["env"] = [e for e in container["env"] if e["name"] != "SERVING_API_KEYS_FILE"]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "api-keys"]
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] != "api-keys"]
+    return spec
+
+
+@pytest.mark.parametrize("where", [where for where in POD_SPECS if where.endswith("-api-keys")])
+def test_api_keys_change_nothing_else(where, rendered):
+    plain = where.removesuffix("-api-keys")
+    assert without_api_keys(pod_of(where, rendered)[1]) == pod_of(plain, rendered)[1]
+    assert pod_of(where, rendered)[2] == pod_of(plain, rendered)[2]
+    if plain in rendered:  # and in the other resources of an overlay
+        assert [r for r in rendered[where] if r["kind"] != "Deployment"] == [
+            r for r in rendered[plain] if r["kind"] != "Deployment"]
+
+
 # --- checkov ---------------------------------------------------------------------------------------
 
 def checkov_executable() -> str | None:
@@ -488,13 +570,16 @@ def run_checkov(config: Path, files: list[Path]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def checkov_files(rendered, tmp_path_factory):
-    """Every YAML file in deploy/, the Dockerfile, and the overlay as rendered."""
+    """Every YAML file in deploy/, the Dockerfile, and the overlays as rendered. (checkov has no
+    checks for KServe's resources: tests/test_kserve_runtime.py validates them.)"""
     files = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml")
                    and p != CHECKOV_CONFIG and KSERVE_CRDS not in p.parents)
     folder = tmp_path_factory.mktemp("checkov")
     overlay = folder / "rendered-overlay-example.yaml"
     overlay.write_text(yaml.safe_dump_all(rendered["overlay"], sort_keys=False))
-    return [*files, ROOT / "Dockerfile", overlay]
+    keyed = folder / "rendered-overlay-example-api-keys.yaml"
+    keyed.write_text(yaml.safe_dump_all(rendered["overlay-api-keys"], sort_keys=False))
+    return [*files, ROOT / "Dockerfile", overlay, keyed]
 
 
 def accepted_checks() -> list[str]:
@@ -514,7 +599,8 @@ def test_checkov_finds_nothing_beyond_the_accepted_checks(checkov_files):
         assert summary["skipped"] == 0, report["results"]["skipped_checks"]
     # Every workload file got checked, the raw ones and the rendered overlay.
     checked = {Path(c["file_path"]).name for r in reports for c in r["results"]["passed_checks"]}
-    assert {"deployment.yaml", "service.yaml", "Dockerfile", "rendered-overlay-example.yaml"} <= checked
+    assert {"deployment.yaml", "service.yaml", "Dockerfile", "rendered-overlay-example.yaml",
+            "rendered-overlay-example-api-keys.yaml"} <= checked
 
 
 def test_checkov_accepted_checks_are_justified_and_all_needed(checkov_files, tmp_path):
