@@ -43,6 +43,7 @@ FROM ${BASE_IMAGE} AS train
 COPY --from=train-deps /opt/train /opt/train
 ENV PATH=/opt/train/bin:$PATH PYTHONUNBUFFERED=1 PYTHONPATH=/app
 WORKDIR /app
+COPY modelcard/ modelcard/
 COPY training/ training/
 COPY service/ service/
 ENTRYPOINT ["python3", "-m", "training"]
@@ -59,6 +60,7 @@ RUN apt-get update \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin serving
 COPY --from=deps /opt/serve /opt/serve
 WORKDIR /app
+COPY modelcard/ modelcard/
 COPY service/ service/
 COPY --from=stubs /build/service/stubs/ service/stubs/
 COPY models/ /models/

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def create_app(config=None):
-    # Imported here so that `import service.forward` needs NumPy only, not Flask or onnxruntime.
+    # Imported here so that importing a module of the service does not load Flask and onnxruntime.
     from service.app import build_app
 
     return build_app(config)

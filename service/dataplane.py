@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from modelcard.card import TensorSpec
 from service import classification, metrics
-from service.card import TensorSpec
 from service.errors import BadRequest, PayloadTooLarge
 from service.registry import ModelRegistry
 from service.settings import Settings

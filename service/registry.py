@@ -17,8 +17,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelcard.card import one_line
+from modelcard.tables import NAME
 from service import untrusted_files
-from service.card import one_line
 from service.errors import ModelNotFound, ModelNotReady
 from service.untrusted_files import UnsafeFile
 from service.version_folder import LoadedModel, LoadError, fingerprint, load_version
@@ -26,7 +27,6 @@ from service.version_policy import ALL, VersionPolicy
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 VERSION = re.compile(r"[1-9][0-9]{0,18}")  # canonical positive integers; int64 is checked apart
 INT64_MAX = 2**63 - 1
 NOT_A_NAME = ("not a model name: letters, digits, '_', '.' and '-', at most 128, "

@@ -20,7 +20,8 @@ import warnings
 
 import numpy as np
 
-from service.card import DATATYPE_OF, DATATYPES, TensorSpec
+from modelcard.card import TensorSpec
+from modelcard.tables import DATATYPE_OF, DATATYPES
 from service.errors import BadRequest
 
 KNOWN = (*DATATYPES, "BYTES")

@@ -1,7 +1,7 @@
 """One version folder of the model repository, read, verified and loaded.
 
 Every file is untrusted input (service/untrusted_files.py): card.json is checked against its
-schema (service/card.py), every file the card lists is read once and hashed, and the bytes that
+schema (modelcard/card.py), every file the card lists is read once and hashed, and the bytes that
 matched the card's sha256 are the bytes onnxruntime and NumPy load, so that a file swapped on
 disk meanwhile can never be served unverified. Whatever is wrong, LoadError says it in one line.
 """
@@ -20,9 +20,10 @@ import numpy as np
 import onnxruntime
 import orjson
 
+from modelcard.card import CardError, ModelCard, TensorSpec, one_line
+from modelcard.forward import Network
+from modelcard.tables import ONNX_TYPES
 from service import untrusted_files
-from service.card import CardError, ModelCard, TensorSpec, one_line
-from service.forward import Network
 from service.untrusted_files import UnsafeFile
 
 # What a version folder's files may weigh: a card is small; model.onnx is at most protobuf's 2 GiB.
@@ -53,15 +54,6 @@ class LoadedModel:
         """Inputs already checked against the card; returns the outputs asked for, by name."""
         values = self.session.run(list(outputs), inputs)
         return dict(zip(outputs, values, strict=True))
-
-
-# onnxruntime's names for the tensor types the card can declare.
-ONNX_TYPES = {
-    "BOOL": "tensor(bool)", "UINT8": "tensor(uint8)", "UINT16": "tensor(uint16)",
-    "UINT32": "tensor(uint32)", "UINT64": "tensor(uint64)", "INT8": "tensor(int8)",
-    "INT16": "tensor(int16)", "INT32": "tensor(int32)", "INT64": "tensor(int64)",
-    "FP16": "tensor(float16)", "FP32": "tensor(float)", "FP64": "tensor(double)",
-}
 
 
 def _check_signature(kind: str, declared: tuple[TensorSpec, ...], graph: list) -> None:

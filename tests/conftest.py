@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import forward
+from modelcard import forward
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

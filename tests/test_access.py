@@ -21,7 +21,7 @@ import requests
 from werkzeug.test import Client
 from werkzeug.wrappers import Response
 
-from service import forward
+from modelcard import forward
 from service.access import AccessControl, Keys, middleware
 from service.settings import Settings
 from tests.conftest import MODELS, ROOT, front_door, gunicorn, latest_version

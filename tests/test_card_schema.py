@@ -1,4 +1,4 @@
-"""The card's declared schema (service/card.schema.json) and the parser built on it.
+"""The card's declared schema (modelcard/card.schema.json) and the parser built on it.
 
 The schema is a valid JSON Schema; every committed card and every card the builders write passes
 it; each field it declares is checked (a wrong type at any declared field is refused, naming the
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.card import SCHEMA, CardError, ModelCard
+from modelcard.card import SCHEMA, CardError, ModelCard
 from service.registry import ModelRegistry
 from service.version_policy import ALL, VersionPolicy
 from tests.conftest import MODEL_NAMES, MODELS, latest_version, read_card

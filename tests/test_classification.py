@@ -24,7 +24,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from service import forward
+from modelcard import forward
 from service.codecs import grpc as grpc_codec
 from service.codecs import v2 as v2_codec
 from service.dataplane import DataPlane

@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from service.card import DATATYPE_OF, DATATYPES, ModelCard
+from modelcard.card import ModelCard
+from modelcard.tables import DATATYPE_OF, DATATYPES
 from service.codecs import tfserving as tf_codec
 from service.codecs import v2 as v2_codec
 from service.dataplane import DataPlane, InferenceRequest, RequestedOutput

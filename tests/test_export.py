@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from service import forward
+from modelcard import forward
 from tests.conftest import (
     ACCURACY_FLOORS,
     DEMAND_POINTS_BELOW_BAYES,

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from service import forward
+from modelcard import forward
 from tests.conftest import MODEL_NAMES, ROOT, latest_version
 
 
@@ -86,12 +86,12 @@ def test_weights_that_do_not_match_the_card_are_refused(networks):
 
 
 def test_imports_with_numpy_only():
-    """In a process where TensorFlow, onnxruntime and Flask cannot be imported."""
+    """In a process where TensorFlow, onnxruntime, Flask and the service cannot be imported."""
     program = (
         "import sys\n"
-        "for blocked in ('tensorflow', 'onnxruntime', 'flask', 'keras', 'training'):\n"
+        "for blocked in ('tensorflow', 'onnxruntime', 'flask', 'keras', 'training', 'service'):\n"
         "    sys.modules[blocked] = None  # makes 'import blocked' raise ImportError\n"
-        "from service import forward\n"
+        "from modelcard import forward\n"
         "import pathlib\n"
         "network = forward.Network.load(pathlib.Path('models/digits-binary') / sys.argv[1])\n"
         "print(network.predict([[0.0] * 64]).shape)\n"

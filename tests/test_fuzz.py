@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import forward
+from modelcard import forward
 from tests.conftest import latest_version
 
 CASES_PER_OPERATION = 100  # operations with few inputs run out early: about 1,400 cases in all

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 import pytest
 
-from service.card import DATATYPE_OF
+from modelcard.tables import DATATYPE_OF
 from service.codecs import grpc as codec
 from service.dataplane import DataPlane
 from service.errors import BadRequest
@@ -417,7 +417,7 @@ ROWS = [ROW, [10.0, 2.0, 4000.0, 9.0], [45.0, 14.0, 100.0, 1.5]]
 
 
 def test_bad_requests_get_their_status_code_and_the_next_answer_is_right(served, stub):
-    from service import forward
+    from modelcard import forward
 
     expected = forward.Network.load(latest_version("demand")).predict(np.array(ROWS)).ravel()
     from tritonclient.grpc import service_pb2 as triton

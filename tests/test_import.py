@@ -15,8 +15,9 @@ import onnx
 import onnxruntime
 import pytest
 
-from service import forward
-from service.card import DATATYPE_OF, ModelCard
+from modelcard import forward
+from modelcard.card import ModelCard
+from modelcard.tables import DATATYPE_OF
 from tests import imported as models
 from tests.conftest import ROOT, read_card
 

@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as triton
 from sklearn.datasets import load_digits
 
-from service import forward
+from modelcard import forward
 from service.nginx import LARGE_BODY_DIGITS
 from tests.conftest import front_door, gunicorn, latest_version
 

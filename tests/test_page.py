@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from service import forward
+from modelcard import forward
 from tests import onnx_models
 from tests.conftest import MODELS, PARITY, ROOT, gunicorn, latest_version, read_card
 

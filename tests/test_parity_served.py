@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
-from service import forward
+from modelcard import forward
 from tests.conftest import MODEL_NAMES, PARITY, latest_version, read_card
 
 HEADER_LENGTH = "Inference-Header-Content-Length"

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from service import forward
+from modelcard import forward
 from tests.conftest import front_door, latest_version
 from tests.slow_clients import ROW, hold
 

@@ -38,7 +38,7 @@ A forward section (and weights.npz: W1, b1, ..., W as inputs x units) is written
 Keras model that is a plain stack of Dense layers with activations among sigmoid, relu, linear
 and softmax on one 2-D float input, optionally led by a Rescaling (scalar scale and offset) or a
 Normalization layer, recorded as the card's `rescale` or `standardize` preprocessing exactly as
-training/fit.py records a trained model's; it is checked with service.forward.Network against
+training/fit.py records a trained model's; it is checked with modelcard.forward.Network against
 onnxruntime before anything is published.
 
 The card (docs/card.md) records source {"kind": "keras" (whatever TensorFlow ran: .keras, .h5,
@@ -67,8 +67,10 @@ from pathlib import Path
 
 import numpy as np
 
+from modelcard.tables import DATATYPE_OF, DATATYPE_OF_ONNX, NAME
+from modelcard.tables import DATATYPES as V2_DATATYPES
 from training import TrainingError, one_line
-from training.repository import NAME, REPOSITORY, publish
+from training.repository import REPOSITORY, publish
 
 ROWS = 16  # generated rows
 DYNAMIC = 8  # the size of a generated dynamic dimension other than the first
@@ -77,19 +79,9 @@ SEED = 0
 TOLERANCE = 1e-4
 CHUNK = 256  # rows per Keras call when comparing on a sample
 
-# The card's datatypes (v2 names) by NumPy type name.
-DATATYPES = {
-    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
-    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-    "float16": "FP16", "float32": "FP32", "float64": "FP64",
-}
-# onnxruntime's type strings by NumPy type name.
-ORT_TYPES = {
-    "tensor(bool)": "bool", "tensor(uint8)": "uint8", "tensor(uint16)": "uint16",
-    "tensor(uint32)": "uint32", "tensor(uint64)": "uint64", "tensor(int8)": "int8",
-    "tensor(int16)": "int16", "tensor(int32)": "int32", "tensor(int64)": "int64",
-    "tensor(float16)": "float16", "tensor(float)": "float32", "tensor(double)": "float64",
-}
+# The card's datatypes (v2 names) by NumPy type name; NumPy type names by onnxruntime's type.
+DATATYPES = {dtype.name: name for dtype, name in DATATYPE_OF.items()}
+ORT_TYPES = {onnx_type: V2_DATATYPES[name].name for onnx_type, name in DATATYPE_OF_ONNX.items()}
 FORWARD_ACTIVATIONS = ("sigmoid", "relu", "linear", "softmax")
 
 
@@ -765,8 +757,8 @@ def dense_chain(model) -> list | None:
 
 def check_forward(loaded: Loaded, section: dict, weights: dict, feeds: dict, answers: dict,
                   tolerance: float) -> float:
-    """service.forward's NumPy network against onnxruntime, on the comparison inputs."""
-    from service import forward
+    """modelcard.forward's NumPy network against onnxruntime, on the comparison inputs."""
+    from modelcard import forward
 
     network = forward.Network({"forward": section}, forward.layers_from(section, weights))
     predicted = {section["output"]: network.predict(feeds[section["input"]])}
@@ -853,7 +845,7 @@ def card(args, loaded: Loaded, labels: dict, parity: Parity, section: dict | Non
         "libraries": libraries(loaded),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     })
-    from service.card import CardError, ModelCard
+    from modelcard.card import CardError, ModelCard
 
     try:
         ModelCard.parse(document)

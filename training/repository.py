@@ -13,15 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "models"
-# The registry's rule for model names (service/registry.py): they become folder names and URLs.
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def sha256(path: Path) -> str:

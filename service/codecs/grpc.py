@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.card import TensorSpec
+from modelcard.card import TensorSpec
 from service.dataplane import InferenceRequest, InferenceResponse, RequestedOutput
 from service.errors import BadRequest
 from service.stubs import messages

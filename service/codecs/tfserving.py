@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.card import ModelCard, TensorSpec
+from modelcard.card import ModelCard, TensorSpec
 from service.codecs.json import native
 from service.dataplane import InferenceRequest, InferenceResponse
 from service.errors import BadRequest

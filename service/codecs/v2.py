@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from service.card import TensorSpec
+from modelcard.card import TensorSpec
 from service.codecs.json import dumps, parse_object
 from service.dataplane import InferenceRequest, InferenceResponse, RequestedOutput
 from service.errors import BadRequest

@@ -1,7 +1,7 @@
 """The model card (docs/card.md), parsed once at load into typed, immutable objects.
 
 A card is untrusted input, like a request body: `ModelCard.parse` checks it field by field
-against the declared schema (service/card.schema.json), then what a schema cannot say, and
+against the declared schema (modelcard/card.schema.json), then what a schema cannot say, and
 raises CardError with a one-line reason. The rest of the service uses these objects and never
 a card key by string.
 """
@@ -16,16 +16,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 
-# The Open Inference Protocol's numeric and boolean datatypes, and their NumPy types.
-DATATYPES: dict[str, np.dtype] = {
-    name: np.dtype(kind) for name, kind in (
-        ("BOOL", np.bool_),
-        ("UINT8", np.uint8), ("UINT16", np.uint16), ("UINT32", np.uint32), ("UINT64", np.uint64),
-        ("INT8", np.int8), ("INT16", np.int16), ("INT32", np.int32), ("INT64", np.int64),
-        ("FP16", np.float16), ("FP32", np.float32), ("FP64", np.float64),
-    )
-}
-DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
+from modelcard.tables import DATATYPES
 
 SCHEMA = json.loads((Path(__file__).with_name("card.schema.json")).read_text())
 # JSON Schema counts 1.0 as an integer; a card's versions and shapes must be integers in the JSON.
@@ -134,7 +125,7 @@ class ModelCard:
 
 
 def check_schema(document) -> None:
-    """CardError naming the first field that breaks service/card.schema.json."""
+    """CardError naming the first field that breaks modelcard/card.schema.json."""
     error = jsonschema.exceptions.best_match(VALIDATOR.iter_errors(document))
     if error is not None:
         where = error.json_path.removeprefix("$").removeprefix(".") or "card.json"
