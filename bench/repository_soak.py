@@ -13,10 +13,12 @@ stream REST v2 JSON requests through nginx and gRPC ModelInfer calls to the mode
 versions, each answer checked against the NumPy forward propagation (service.forward) of the
 committed version and against the versions known good.
 
-Each write is watched from its rename: a good version until 8 fresh `/v2/models/<m>/versions/<v>/ready`
-requests through nginx (either worker) and 8 ModelReady calls on fresh channels (either gRPC
-process) all say ready; a broken one until 8 fresh index requests all list it UNAVAILABLE with
-its reason (a version policy: the ready answer's refused_versions, since the index lists folders).
+Each write is watched from its rename. Which process answers a request cannot be chosen, but
+each process logs a load or a refusal once, after it serves it: a good version is served by REST
+once both workers logged it loaded and `/v2/models/<m>/versions/<v>/ready` through nginx says so,
+by gRPC once both gRPC processes logged it and ModelReady says so; a broken one is reported once
+both workers logged its refusal and the index lists it UNAVAILABLE with its reason (a version
+policy: the ready answer's refused_versions, since the index lists folders).
 Passes when no request failed, every good version was served within 2 s by both protocols,
 every broken write was reported within 2 s, no server process was replaced, and once the writes
 stop nothing more is logged as an error (a refusal is logged once per change, not per poll).
@@ -48,13 +50,12 @@ import numpy as np
 
 from bench.harness import ROOT, free_port, front_door, memory
 from service import forward
-from service.registry import shown
+from service.registry import is_version, shown
 
 MODELS = ROOT / "models"
 WORKERS = 2
 INTERVAL = 1  # SERVING_POLL_INTERVAL
 BOUND = 2 * INTERVAL  # a change is seen within two polls
-CONFIRM = 8  # fresh requests that must all agree: either worker, either gRPC process
 GIVE_UP = 15  # seconds a watch waits before recording "never"
 STAGE = 3  # seconds each stage of a copy arriving file by file stays on disk: longer than BOUND
 KEPT = 24  # folders beyond this many are removed, oldest choices at random
@@ -176,13 +177,14 @@ POLICIES = {"version_policy.json a FIFO": (policy_fifo, "FIFO"),
 
 # --- what the server says -----------------------------------------------------------------------
 
-def get_json(url: str, data: bytes | None = None) -> tuple[int, dict | list]:
+def get_json(url: str, data: bytes | None = None) -> dict | list:
+    """The JSON answer, whatever its status (an unready server answers 503 with the reasons)."""
     request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
+            return json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        return json.loads(error.read())
 
 
 def reason(url: str, where: Where) -> str:
@@ -191,15 +193,81 @@ def reason(url: str, where: Where) -> str:
     since the index lists folders); "" when nothing."""
     name, version = where
     if version is None:
-        refused = get_json(f"{url}/v2/health/ready")[1].get("refused_versions", [])
+        refused = get_json(f"{url}/v2/health/ready").get("refused_versions", [])
         return next((why for entry in refused for model, _, why in [entry.partition(": ")]
                      if model == name and why.startswith("version_policy.json")), "")
-    return next((row["reason"] for row in get_json(f"{url}/v2/repository/index", b"{}")[1]
+    return next((row["reason"] for row in get_json(f"{url}/v2/repository/index", b"{}")
                  if (row["name"], row["version"]) == where and row["state"] == "UNAVAILABLE"), "")
 
 
-def reported_everywhere(url: str, where: Where, word: str) -> bool:
-    return all(word in reason(url, where) for _ in range(CONFIRM))
+def log_subject(where: Where) -> str:
+    """How the log line of a refusal begins, before its reason (service.registry.Change.message)."""
+    name, version = where
+    if version is None:
+        return f"model {name}: "
+    if version == "":
+        return f"folder {name!r} of the model repository is not served: "
+    if not is_version(version):
+        return f"model {name} folder {version!r} of the model repository is not served: "
+    return f"model {name} version {version} not loaded: "
+
+
+class RegistryLog:
+    """The lines service.registry wrote to the server's log, followed as it grows. Each process
+    logs a load or a refusal once, after it serves the new state: counting the lines tells how
+    many processes have taken a change in, which requests through a load balancer cannot.
+    gunicorn's workers log as "service.registry:", the gRPC processes as "service.registry[grpc N]:"."""
+
+    def __init__(self, path: Path | str):
+        self.path = path
+        self.lines: list[str] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.follow, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.thread.join()
+
+    def follow(self) -> None:
+        with open(self.path, "rb") as log:
+            partial = b""
+            while not self.stopping.is_set():
+                chunk = log.read(1 << 20)
+                if not chunk:
+                    time.sleep(0.02)
+                    continue
+                *lines, partial = (partial + chunk).split(b"\n")
+                self.lines += [line.decode(errors="replace") for line in lines
+                               if b" service.registry" in line]
+
+    def mark(self) -> int:
+        return len(self.lines)
+
+    def processes(self, since: int, subject: str, word: str = "") -> Counter:
+        """Lines logged since `since` that say `subject`, then `word`: by kind of process."""
+        found = Counter()
+        for line in self.lines[since:]:
+            head, said, tail = line.partition(subject)
+            if said and word in tail:
+                found["grpc" if "service.registry[grpc" in head else "rest"] += 1
+        return found
+
+
+def refused_everywhere(log: RegistryLog, since: int, url: str, where: Where, word: str) -> bool:
+    """Both workers logged the refusal since `since`, with `word` in its reason, and a request
+    finds it reported (the index, or the ready answer for a version policy)."""
+    return (log.processes(since, log_subject(where), word)["rest"] >= WORKERS
+            and word in reason(url, where))
+
+
+def served_everywhere(log: RegistryLog, since: int, protocol: str, ready: Callable[[], bool],
+                      model: str, version: int) -> bool:
+    """Both processes of `protocol` logged the version loaded since `since`, and it says ready."""
+    return log.processes(since, f"model {model} version {version} loaded")[protocol] >= WORKERS and ready()
 
 
 def rest_ready(url: str, model: str, version: int) -> bool:
@@ -353,15 +421,14 @@ class Clients:
 class Broken:
     kind: str
     where: Where
-    word: str
-    seconds: float | None = None  # until every check reported it (inf: never); None while watched
+    seconds: float | None = None  # from the write until reported everywhere (inf: never); None while watched
 
 
 @dataclass
 class Good:
     model: str
     version: int
-    rest: float | None = None  # until every check said ready, by protocol
+    rest: float | None = None  # from the write until served everywhere, by protocol
     grpc: float | None = None
 
 
@@ -384,10 +451,10 @@ class Entry:
 
 
 class Writer(threading.Thread):
-    def __init__(self, url: str, grpc: str, repository: Path, rng: random.Random, seconds: float,
-                 good: dict[str, set[str]]):
+    def __init__(self, url: str, grpc: str, log: RegistryLog, repository: Path, rng: random.Random,
+                 seconds: float, good: dict[str, set[str]]):
         super().__init__()
-        self.url, self.grpc, self.repository, self.rng = url, grpc, repository, rng
+        self.url, self.grpc, self.log, self.repository, self.rng = url, grpc, log, repository, rng
         self.seconds, self.good = seconds, good
         self.models = sorted(good)
         self.numbers = dict.fromkeys(self.models, 2)
@@ -395,6 +462,7 @@ class Writer(threading.Thread):
         self.broken: list[Broken] = []
         self.goods: list[Good] = []
         self.policies: dict[str, Broken] = {}  # the last bad policy written per model
+        self.watches: list[threading.Thread] = []
         self.removed = 0
         self.written = 0
 
@@ -409,9 +477,8 @@ class Writer(threading.Thread):
                 self.entries.remove(entry)
                 self.removed += 1
             time.sleep(self.rng.uniform(1, 3))
-        for entry in self.entries:
-            for watch in entry.watches:
-                watch.join()
+        for watch in self.watches:
+            watch.join()
 
     def number(self, model: str) -> int:
         self.numbers[model] += 1
@@ -420,22 +487,24 @@ class Writer(threading.Thread):
     def write_one(self) -> None:
         model, roll, n = self.rng.choice(self.models), self.rng.random(), self.written
         self.written += 1
+        since = self.log.mark()  # what is logged from here on may be about this write
         if roll < 0.3:
             version = self.number(model)
             self.good[model].add(str(version))  # before the rename: it may answer from then on
             path = new_version(self.repository, model, version)
-            self.watch_good(Entry(path, model, Good(model, version)))
+            self.watch_good(Entry(path, model, Good(model, version)), since)
         elif roll < 0.35:
             self.partial_copy(model)
         elif roll < 0.45:
             name = self.rng.choice([f"0{n}", f"{n}e3", f"-{n}", f" {n}", str(2**63 + n)])
-            self.watch_broken(Entry(self.repository / model / name, model, None), "version folder",
-                              version_folder(name)(self.repository, model, 0), "not a version")
+            where = version_folder(name)(self.repository, model, 0)
+            self.watch_broken(Entry(self.repository / model / name, model, None), since, "version folder",
+                              where, "not a version")
         elif roll < 0.5:
             # Not UTF-8 either: the index shows the byte escaped (service.registry.shown).
             name = self.rng.choice([f"bad name! {n}", f"lost+found{n}", os.fsdecode(b"caf\xe9-%d" % n)])
             model_folder(name)(self.repository, model, 0)
-            self.watch_broken(Entry(self.repository / name, model, None), "model folder",
+            self.watch_broken(Entry(self.repository / name, model, None), since, "model folder",
                               (shown(name), ""), "not a model name")
         elif roll < 0.55 and self.policy_free(model):
             # The other kind than the model's last one, so that its reason tells this write apart.
@@ -443,16 +512,17 @@ class Writer(threading.Thread):
             kind = self.rng.choice([kind for kind in POLICIES if last is None or kind != last.kind])
             write, word = POLICIES[kind]
             where = write(self.repository, model, 0)
-            self.policies[model] = self.watch_broken(None, kind, where, word)
+            self.policies[model] = self.watch_broken(None, since, kind, where, word)
         else:
             kind = self.rng.choice(list(BROKEN_VERSIONS))
             damage, word = BROKEN_VERSIONS[kind]
             version = self.number(model)
             where = broken_version(damage)(self.repository, model, version)
-            self.watch_broken(Entry(self.repository / model / str(version), model, None), kind, where, word)
+            self.watch_broken(Entry(self.repository / model / str(version), model, None), since, kind,
+                              where, word)
 
     def policy_free(self, model: str) -> bool:
-        """A new bad policy only once the last one of the model was seen everywhere."""
+        """A new bad policy only once the last one of the model was reported."""
         last = self.policies.get(model)
         return last is None or (last.seconds is not None and last.seconds < GIVE_UP)
 
@@ -461,44 +531,49 @@ class Writer(threading.Thread):
         served once complete."""
         version, source = self.number(model), MODELS / model / "1"
         folder, where = self.repository / model / str(version), (model, str(version))
-        folder.mkdir()
         entry = Entry(folder, model, None)
+        since = self.log.mark()
+        folder.mkdir()
         document = json.loads((source / "card.json").read_text())
         (folder / "card.json").write_text(json.dumps({**document, "version": version}))
         graph = (source / "model.onnx").read_bytes()
         (folder / "model.onnx").write_bytes(graph[: len(graph) // 2])
-        self.watch_broken(entry, "copy arriving: half of model.onnx", where, "sha256")
+        self.watch_broken(entry, since, "copy arriving: half of model.onnx", where, "sha256")
         time.sleep(STAGE)
+        since = self.log.mark()
         with (folder / "model.onnx").open("ab") as rest:
             rest.write(graph[len(graph) // 2:])
-        self.watch_broken(entry, "copy arriving: no weights.npz yet", where, "weights.npz is missing")
+        self.watch_broken(entry, since, "copy arriving: no weights.npz yet", where, "weights.npz is missing")
         time.sleep(STAGE)
+        since = self.log.mark()
         self.good[model].add(str(version))
         shutil.copy(source / "weights.npz", folder)
         entry.good = Good(model, version)
-        self.watch_good(entry)
+        self.watch_good(entry, since)
 
-    def watch_broken(self, entry: Entry | None, kind: str, where: Where, word: str) -> Broken:
-        broken = Broken(kind, where, word)
+    def watch_broken(self, entry: Entry | None, since: int, kind: str, where: Where, word: str) -> Broken:
+        broken = Broken(kind, where)
         self.broken.append(broken)
 
         def watch():
-            broken.seconds = seconds_until(lambda: reported_everywhere(self.url, where, word))
+            broken.seconds = seconds_until(lambda: refused_everywhere(self.log, since, self.url, where, word))
 
         self.start_watch(entry, watch)
         return broken
 
-    def watch_good(self, entry: Entry) -> None:
+    def watch_good(self, entry: Entry, since: int) -> None:
         good = entry.good
         self.goods.append(good)
 
         def rest():
-            good.rest = seconds_until(lambda: all(
-                rest_ready(self.url, good.model, good.version) for _ in range(CONFIRM)))
+            good.rest = seconds_until(lambda: served_everywhere(
+                self.log, since, "rest", lambda: rest_ready(self.url, good.model, good.version),
+                good.model, good.version))
 
         def grpc():
-            good.grpc = seconds_until(lambda: all(
-                grpc_ready(self.grpc, good.model, good.version) for _ in range(CONFIRM)))
+            good.grpc = seconds_until(lambda: served_everywhere(
+                self.log, since, "grpc", lambda: grpc_ready(self.grpc, good.model, good.version),
+                good.model, good.version))
 
         self.start_watch(entry, rest)
         self.start_watch(entry, grpc)
@@ -506,11 +581,11 @@ class Writer(threading.Thread):
     def start_watch(self, entry: Entry | None, watch: Callable[[], None]) -> None:
         thread = threading.Thread(target=watch)
         thread.start()
-        if entry is None:  # a policy file: never removed
-            return
-        entry.watches.append(thread)
-        if entry not in self.entries:
-            self.entries.append(entry)
+        self.watches.append(thread)
+        if entry is not None:  # else a policy file: never removed
+            entry.watches.append(thread)
+            if entry not in self.entries:
+                self.entries.append(entry)
 
     def removable(self) -> list[Entry]:
         """Folders whose watches are done; a good version only while another one of its model is
@@ -525,11 +600,6 @@ class Writer(threading.Thread):
 def grpc_processes(server) -> list[int]:
     return sorted(pid for pid, (_, command) in server.descendants().items()
                   if "service.grpc_server" in command)
-
-
-def errors_logged(log: Path) -> int:
-    with open(log, "rb") as text:
-        return sum(b" ERROR " in line for line in text)
 
 
 def spread(values: list[float]) -> str:
@@ -556,7 +626,7 @@ def main() -> int:
         grpc = f"127.0.0.1:{free_port()}"
         environment = {"SERVING_MODEL_REPOSITORY": str(repository), "SERVING_WORKERS": str(WORKERS),
                        "SERVING_POLL_INTERVAL": str(INTERVAL), "SERVING_GRPC_BIND": grpc}
-        with front_door(environment, log) as server:
+        with front_door(environment, log) as server, RegistryLog(log) as logged:
             if seconds_until(lambda: all(grpc_ready(grpc, model, 1) for model in models), 60) == float("inf"):
                 print(f"FAIL the gRPC processes do not answer on {grpc}: {server.tail()}")
                 return 1
@@ -565,7 +635,7 @@ def main() -> int:
                   f"processes {grpc_servers}; the repository polled every {INTERVAL} s, written for "
                   f"{args.minutes:g} min (seed {args.seed})", flush=True)
             rss_before = memory(workers)
-            writer = Writer(server.url, grpc, repository, rng, args.minutes * 60, good)
+            writer = Writer(server.url, grpc, logged, repository, rng, args.minutes * 60, good)
             with Clients(server.url, grpc, oracles, good, args.rest_threads, args.grpc_threads) as clients:
                 writer.start()
                 started = time.monotonic()
@@ -577,13 +647,13 @@ def main() -> int:
                           f"REST {clients.sent['rest']} sent, {clients.failed['rest']} failed; gRPC "
                           f"{clients.sent['grpc']} sent, {clients.failed['grpc']} failed", flush=True)
                 time.sleep(BOUND)  # every process has polled the last write
-                errors = errors_logged(log)
+                since = logged.mark()
                 time.sleep(3 * INTERVAL)
-                relogged = errors_logged(log) - errors
+                relogged = sum(" ERROR " in line for line in logged.lines[since:])
             replaced = (sorted(set(server.gunicorn_workers()) - set(workers))
                         + sorted(set(grpc_processes(server)) - set(grpc_servers)))
             rss_after = memory(server.gunicorn_workers())
-            tracebacks = log.read_text(errors="replace").count("Traceback")
+            tracebacks = log.read_bytes().count(b"Traceback")
 
     rest_times = [g.rest for g in writer.goods]
     grpc_times = [g.grpc for g in writer.goods]
@@ -614,7 +684,7 @@ def main() -> int:
             len(on_time) == len(writer.broken),
         "the same workers and gRPC processes throughout" + (f" (new: {replaced})" if replaced else ""):
             not replaced,
-        f"errors logged over {3 * INTERVAL} s of polls once the writes stopped: {relogged}; "
+        f"refusals logged over {3 * INTERVAL} s of polls once the writes stopped: {relogged}; "
         f"tracebacks in the log: {tracebacks}": relogged == 0 and tracebacks == 0,
     }
     for text, ok in checks.items():

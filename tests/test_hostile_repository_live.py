@@ -14,7 +14,6 @@ import functools
 import http.client
 import json
 import os
-import random
 import shutil
 import signal
 import time
@@ -25,130 +24,26 @@ from urllib.parse import urlparse
 import numpy as np
 
 from bench import harness
+from bench import repository_soak as soak
 from service import forward
 from tests.conftest import MODELS, PARITY, front_door
-from tests.test_polling import (
-    INTERVAL,
-    GrpcLoad,
-    converge,
-    health,
-    repository_index,
-    write_policy,
-    write_version,
-)
+from tests.test_polling import INTERVAL, GrpcLoad, converge, repository_index, write_version
 from tests.test_reliability import ClientThreads, Load, copy_repository, wait_for
 
 PIXELS = (np.arange(64, dtype=np.float32) % 17).reshape(1, 64)
 DIGITS = forward.Network.load(MODELS / "digits" / "1").predict(PIXELS)[0]
-NESTED = "[" * 5000 + "]" * 5000
 PROCESSES = 4  # 2 gunicorn workers and 2 gRPC processes, each with its own registry
 
-
-# --- the hostile writes: each returns where its refusal is reported, and how its log line starts --
-
-def broken_version(damage):
-    """A copy of digits version 1 as a new version, damaged, renamed into place."""
-    def write(repository: Path, version: int) -> tuple[tuple[str, str], str]:
-        write_version(repository, "digits", version, damage=damage)
-        return ("digits", str(version)), f"model digits version {version} not loaded: "
-    return write
-
-
-def card(edit):
-    def damage(folder: Path) -> None:
-        document = json.loads((folder / "card.json").read_text())
-        edit(document)
-        (folder / "card.json").write_text(json.dumps(document))
-    return damage
-
-
-def card_bytes(data: bytes):
-    return lambda folder: (folder / "card.json").write_bytes(data)
-
-
-def replaced(name: str, make):
-    def damage(folder: Path) -> None:
-        (folder / name).unlink()
-        make(folder / name)
-    return damage
-
-
-def version_folder(name: str):
-    """A good copy of digits version 1 under a name that is no version."""
-    def write(repository: Path, _version: int) -> tuple[tuple[str, str], str]:
-        staging = repository / "digits" / ".staging"
-        shutil.copytree(MODELS / "digits" / "1", staging)
-        staging.rename(repository / "digits" / name)
-        return ("digits", name), f"model digits folder {name!r} of the model repository is not served: "
-    return write
-
-
-def model_folder(name: str):
-    """A good copy of the digits model under a name that is no model name."""
-    def write(repository: Path, _version: int) -> tuple[tuple[str, str], str]:
-        staging = repository / ".staging"
-        shutil.copytree(MODELS / "digits", staging)
-        staging.rename(repository / name)
-        return (name, ""), f"folder {name!r} of the model repository is not served: "
-    return write
-
-
-def policy_fifo(repository: Path, _version: int) -> tuple[tuple[str, None], str]:
-    staging = repository / "demand" / ".version_policy.json"
-    os.mkfifo(staging)
-    staging.rename(repository / "demand" / "version_policy.json")
-    return ("demand", None), "model demand: "
-
-
-def policy_nested(repository: Path, _version: int) -> tuple[tuple[str, None], str]:
-    write_policy(repository, "demand", NESTED)
-    return ("demand", None), "model demand: "
-
-
-HOSTILE = [  # what is written, and a word its reason must hold
-    ("labels a number", broken_version(card(lambda c: c["outputs"][0].update(labels=5))), "labels"),
-    ("features not a list", broken_version(card(lambda c: c["inputs"][0].update(features={"a": 1}))),
-     "features"),
-    ("card nested 5000 deep", broken_version(card_bytes(NESTED.encode())), "not valid JSON"),
-    ("card of 2 MB", broken_version(card_bytes(b"[" + b"0," * (1 << 20) + b"0]")), "larger than the limit"),
-    ("card of random bytes", broken_version(card_bytes(random.Random(0).randbytes(4096))), "not valid JSON"),
-    ("card not UTF-8", broken_version(card_bytes('{"name": "digits\xe9"}'.encode("latin-1"))), "UTF-8"),
-    ("card a link to /dev/zero", broken_version(replaced("card.json", lambda p: p.symlink_to("/dev/zero"))),
-     "symbolic link"),
-    ("card a FIFO", broken_version(replaced("card.json", os.mkfifo)), "FIFO"),
-    # The link leads to the committed graph, which matches the card's sha256: refused all the same.
-    ("model.onnx a link out of the folder", broken_version(replaced(
-        "model.onnx", lambda p: p.symlink_to(MODELS / "digits" / "1" / "model.onnx"))), "symbolic link"),
-    *[(f"version folder {name!r}", version_folder(name), "not a version")
+# What is written (into digits, or demand's version policy), and a word its reason must hold; the
+# writes are bench/repository_soak.py's.
+HOSTILE = [
+    *[(kind, soak.broken_version(damage), word) for kind, (damage, word) in soak.BROKEN_VERSIONS.items()],
+    *[(f"version folder {name!r}", soak.version_folder(name), "not a version")
       for name in ("01", "1e3", "-1", " 4", "9223372036854775808")],
-    *[(f"model folder {name!r}", model_folder(name), "not a model name")
+    *[(f"model folder {name!r}", soak.model_folder(name), "not a model name")
       for name in ("bad name!", "lost+found")],
-    ("version_policy.json a FIFO", policy_fifo, "FIFO"),
-    ("version_policy.json nested 5000 deep", policy_nested, "not valid JSON"),
+    *[(kind, write, word) for kind, (write, word) in soak.POLICIES.items()],
 ]
-
-
-def reason(url: str, where: tuple[str, str | None]) -> str:
-    """What one request reports about a folder not served (an UNAVAILABLE row of the index), or
-    about a model's version_policy.json (version None: reported in the ready answer, since the
-    index lists folders); "" when nothing."""
-    name, version = where
-    if version is None:
-        return next((why for refused in health(url)[1].get("refused_versions", [])
-                     for model, _, why in [refused.partition(": ")]
-                     if model == name and why.startswith("version_policy.json")), "")
-    return next((row["reason"] for row in repository_index(url)
-                 if (row["name"], row["version"]) == where and row["state"] == "UNAVAILABLE"), "")
-
-
-def seconds_until(condition, limit: float = 5 * INTERVAL) -> float:
-    """Seconds until condition() holds (infinite after `limit`)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > limit:
-            return float("inf")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 # --- clients -------------------------------------------------------------------------------------
@@ -248,32 +143,38 @@ def gunicorn_processes(server) -> tuple[int, list[int]]:
     return master, below.gunicorn_workers()
 
 
-def reported_everywhere(url: str, where: tuple[str, str | None], word: str) -> bool:
-    return all(word in reason(url, where) for _ in range(8))  # fresh requests reach either worker
-
-
 # --- the test ------------------------------------------------------------------------------------
 
 def test_a_hostile_repository_is_refused_and_reported_while_the_good_models_serve(tmp_path):
     repository = copy_repository(tmp_path)
     # A staging folder left behind by an interrupted copy: hidden, so neither listed nor logged.
     shutil.copytree(MODELS / "digits" / "1", repository / "digits" / ".staging-interrupted")
-    with front_door(repository, workers=2, SERVING_POLL_INTERVAL=str(INTERVAL)) as server:
+    with front_door(repository, workers=2, SERVING_POLL_INTERVAL=str(INTERVAL)) as server, \
+            soak.RegistryLog(f"/proc/self/fd/{server.log.fileno()}") as logged:
         wait_for(lambda: len(server.grpc_processes()) == 2)
         with Load(server.url, threads=2) as rest_load, GrpcLoad(server.grpc, threads=1) as grpc_load, \
                 DigitsLoad(server) as digits_load, Liveness(server.url) as live:
-            # 1 and 2: each hostile write reported by the workers within two polls, with its reason.
+            # 1 and 2: each hostile write refused by both workers within two polls (their log says
+            # when), and reported with its reason.
             reported = {}
             for version, (what, write, word) in enumerate(HOSTILE, start=2):
-                where, subject = write(repository, version)
-                seconds = seconds_until(functools.partial(reported_everywhere, server.url, where, word))
-                why = reason(server.url, where)
-                reported[what] = (where, word, seconds, why, subject + why)
-            # 3: a good version after them, served by both protocols.
-            good = str(len(HOSTILE) + 2)
-            digits_load.good.add(good)
-            write_version(repository, "digits", int(good))
-            served = converge([lambda: rest_digits(server.url), lambda: grpc_digits(server.grpc)], good)
+                model = "demand" if what in soak.POLICIES else "digits"
+                since = logged.mark()
+                where = write(repository, model, version)
+                seconds = soak.seconds_until(functools.partial(
+                    soak.refused_everywhere, logged, since, server.url, where, word), limit=5 * INTERVAL)
+                why = soak.reason(server.url, where)
+                reported[what] = (where, word, seconds, why, soak.log_subject(where) + why)
+            # 3: a good version after them, loaded by every process and answering both protocols.
+            good = len(HOSTILE) + 2
+            digits_load.good.add(str(good))
+            since = logged.mark()
+            write_version(repository, "digits", good)
+            served = soak.seconds_until(lambda: all(soak.served_everywhere(
+                logged, since, protocol, ready, "digits", good) for protocol, ready in (
+                ("rest", lambda: soak.rest_ready(server.url, "digits", good)),
+                ("grpc", lambda: soak.grpc_ready(server.grpc, "digits", good)))))
+            converge([lambda: rest_digits(server.url), lambda: grpc_digits(server.grpc)], str(good))
             with urllib.request.urlopen(f"{server.url}/v2/models/digits", timeout=10) as response:
                 metadata = json.load(response)
         index = repository_index(server.url)
@@ -298,7 +199,7 @@ def test_a_hostile_repository_is_refused_and_reported_while_the_good_models_serv
         # gunicorn's TTOU stops its oldest worker: from then on the replacement alone answers REST.
         os.kill(master, signal.SIGTTOU)
         wait_for(lambda: gunicorn_processes(server)[1] == [replacement])
-        after_kill = converge([lambda: rest_digits(server.url), lambda: grpc_digits(server.grpc)], good)
+        after_kill = converge([lambda: rest_digits(server.url), lambda: grpc_digits(server.grpc)], str(good))
         time.sleep(2 * INTERVAL)  # the replacements poll the unchanged repository
         relogged = server.log_text()
         launcher_running = server.process.poll() is None
@@ -314,7 +215,7 @@ def test_a_hostile_repository_is_refused_and_reported_while_the_good_models_serv
     for what, (_, word, seconds, why, _) in reported.items():
         assert word in why and "\n" not in why and len(why) <= 200, (what, why)
         assert seconds <= 2 * INTERVAL, (what, seconds)
-    assert served <= 2 * INTERVAL and metadata["versions"] == ["1", good]
+    assert served <= 2 * INTERVAL and metadata["versions"] == ["1", str(good)]
     assert not [row for row in index if row["version"].startswith(".")]
     assert all(count == PROCESSES for count in counts.values()), counts
     assert polled.count(" ERROR ") == errors
