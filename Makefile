@@ -74,10 +74,13 @@ bench: $(VENV)/.dev-installed $(STUBS)
 	$(BIN)/python -m bench.run
 
 # Two minutes at concurrency 32 through the front door: no failed request, stable p99, flat
-# memory of gunicorn's workers (needs wrk and nginx).
+# memory of gunicorn's workers (needs wrk and nginx). Then ten minutes of a hostile model
+# repository polled every second under REST and gRPC load: no failed request, good versions
+# served and broken ones reported within two polls (bench/repository_soak.py).
 soak: $(VENV)/.dev-installed $(STUBS)
 	bash scripts/system-packages.sh nginx-light=nginx wrk=wrk
 	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.repository_soak
 
 # Known vulnerabilities in the pinned versions (needs pip-audit's vulnerability service).
 audit: $(VENV)/.dev-installed

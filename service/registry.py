@@ -49,10 +49,12 @@ def shown(name: str) -> str:
 def subfolders(folder: Path, root: str) -> list[tuple[Path, str | None]]:
     """The folders in `folder`, each with None, or why it is not followed: a symbolic link is
     followed only to a folder inside the repository (`root`, resolved). Other entries (files,
-    FIFOs, ...) are no folders and are not listed."""
+    FIFOs, ...) are no folders and are not listed, nor are hidden folders."""
     found = []
     with os.scandir(folder) as entries:
         for entry in entries:
+            if entry.name.startswith("."):  # a version being written under a hidden name (README)
+                continue
             try:
                 if entry.is_symlink():
                     target = os.path.realpath(entry.path)
