@@ -10,7 +10,7 @@ one by one with pauses (broken until its last file, then good); a version or mod
 name is no version or model; a version_policy.json that is a FIFO or nested 5000 deep. Now and
 then it removes an old version (never the last good one of a model). Meanwhile client threads
 stream REST v2 JSON requests through nginx and gRPC ModelInfer calls to the models' default
-versions, each answer checked against the NumPy forward propagation (service.forward) of the
+versions, each answer checked against the NumPy forward propagation (modelcard.forward) of the
 committed version and against the versions known good.
 
 Each write is watched from its rename. Which process answers a request cannot be chosen, but
@@ -49,7 +49,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from bench.harness import ROOT, free_port, front_door, memory
-from service import forward
+from modelcard import forward
 from service.registry import is_version, shown
 
 MODELS = ROOT / "models"

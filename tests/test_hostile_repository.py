@@ -168,13 +168,13 @@ def test_folders_that_name_no_version_or_model_are_listed_with_the_reason_and_lo
     repository = copy_repository(tmp_path)
     for name in MISNAMED:
         shutil.copytree(MODELS / "demand" / "1", repository / "demand" / name)
-    for name in ("bad name!", "lost+found", ".hidden", "caf\udce9"):  # the last: a byte not UTF-8
+    for name in ("bad name!", "lost+found", "caf\udce9", ".staging-2"):  # caf\xe9: not UTF-8
         (repository / name / "1").mkdir(parents=True)
     outside = tmp_path / "outside"
     shutil.copytree(MODELS / "demand", outside)
     (repository / "linked").symlink_to(outside)
     (repository / "demand" / "7").symlink_to(outside / "1")
-    # A link within the repository is followed (it also lists the folder it leads to, .store).
+    # A link within the repository is followed; the hidden folder it leads to is a staging area.
     (repository / "demand" / "3").symlink_to(new_version(repository, "demand", version=3).rename(
         repository / "demand" / ".store"))
     caplog.set_level(logging.ERROR, logger="service.registry")
@@ -186,14 +186,16 @@ def test_folders_that_name_no_version_or_model_are_listed_with_the_reason_and_lo
         ready, why = index["demand", ascii(version)[1:-1] if version == "2\n" else version]
         assert not ready and why.startswith("not a version"), (version, why)
     assert index["demand", "7"][1] == "a symbolic link leading out of the repository"
-    for name in ("bad name!", "lost+found", ".hidden"):
+    for name in ("bad name!", "lost+found"):
         assert index[name, ""] == (False, index[name, ""][1]) and "not a model name" in index[name, ""][1]
+    # Hidden folders are staging areas (a version is written under one, then renamed): not listed.
+    assert not [key for key in index if key[0].startswith(".") or (key[1] or "").startswith(".")]
     assert "caf\\xe9" in {name for name, _ in index}
     assert index["linked", ""][1] == "a symbolic link leading out of the repository"
     assert index["demand", "3"] == (True, "") and registry.get("demand").version == 3
     assert registry.ready
     logged = [record.getMessage() for record in caplog.records]
-    assert sum("not a version" in line for line in logged) == len(MISNAMED) + 1  # and .store
+    assert sum("not a version" in line for line in logged) == len(MISNAMED)
     caplog.clear()
     registry.refresh()
     assert not [record for record in caplog.records if "not a" in record.getMessage()]

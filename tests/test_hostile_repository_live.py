@@ -25,7 +25,7 @@ import numpy as np
 
 from bench import harness
 from bench import repository_soak as soak
-from service import forward
+from modelcard import forward
 from tests.conftest import MODELS, PARITY, front_door
 from tests.test_polling import INTERVAL, GrpcLoad, converge, repository_index, write_version
 from tests.test_reliability import ClientThreads, Load, copy_repository, wait_for
