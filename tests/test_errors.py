@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from service import create_app, forward
+from modelcard import forward
+from service import create_app
 from tests.conftest import MODELS, PARITY, gunicorn, latest_version
 
 INFER = "/v2/models/demand/infer"
