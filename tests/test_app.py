@@ -11,7 +11,8 @@ import pytest
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
-from service import create_app, forward
+from modelcard import forward
+from service import create_app
 from service.settings import Settings
 from tests.conftest import MODELS, PARITY, latest_version, metric_value
 
