@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from service import forward, nginx
+from modelcard import forward
+from service import nginx
 from service.nginx import HEADER_BUFFER_BYTES, HEADER_BUFFERS
 from tests.conftest import front_door, gunicorn, latest_version
 

@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
-from service import create_app, forward
+from modelcard import forward
+from service import create_app
 from tests.conftest import MODELS, gunicorn, latest_version, metric_value
 
 DEMAND = np.array([[19.99, 4.5, 2000.0, 7.0]], dtype=np.float32)
