@@ -3,7 +3,9 @@
 One place for every process: the app, gunicorn's config (service/gunicorn.conf.py), the front
 door (service/__main__.py, which starts nginx and gunicorn) and the gRPC processes all read
 `Settings.load()`. Each setting is declared once, below, with its type, default, rule and one
-line of documentation.
+line of documentation; docs/settings.md is written from these declarations:
+
+    python -m service.settings --markdown > docs/settings.md
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,12 +33,14 @@ BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
 @dataclass(frozen=True)
 class Declaration:
     """What a setting is, beyond its type and default: its documentation and its rule."""
-    doc: str  # one line
+    doc: str  # one line, for docs/settings.md
     choices: tuple[str, ...] = ()  # the allowed words, read in lowercase
     pattern: tuple[re.Pattern, str] | None = None  # what a text must match, and that in words
     lower: bool = False  # read in lowercase before the pattern
     may_be_zero: bool = False  # integers: 0 turns the feature off; otherwise positive
     secret: bool = False  # never in the repr nor in an error message
+    by_launcher: bool = False  # set by `python -m service` for its children, not by users
+    shown: str | None = None  # the default in the table, when its value depends on the machine
 
 
 def setting(default, doc: str, **rule):
@@ -47,7 +52,8 @@ def setting(default, doc: str, **rule):
 
 @dataclass(frozen=True)
 class Settings:
-    model_repository: Path = setting(DEFAULT_REPOSITORY, "the repository to load")
+    model_repository: Path = setting(DEFAULT_REPOSITORY, "the repository to load",
+                                     shown="the project's `models/`")
     max_body_bytes: int = setting(16 * 1024 * 1024, "bytes: a larger request body gets 413, "
                                   "a larger gRPC message RESOURCE_EXHAUSTED")
     max_batch: int = setting(4096, "rows per request; more get 413")
@@ -70,7 +76,7 @@ class Settings:
                                   "message it owes within it, or it is cut off")
     keepalive_timeout: int = setting(75, "seconds an idle kept-alive connection stays open")
     workers: int = setting(os.cpu_count() or 1, "gunicorn workers, each with its own onnxruntime "
-                           "sessions; as many gRPC processes")
+                           "sessions; as many gRPC processes", shown="the CPU count")
     threads: int = setting(1, "threads per gunicorn worker; above 1, gunicorn's gthread workers")
     worker_class: str = setting("sync", "gunicorn's worker class, `sync` or `gthread` (sync "
                                 "measured best; see README, Performance)",
@@ -87,11 +93,10 @@ class Settings:
                                   "beyond")
     grpc_max_streams: int = setting(16, "per gRPC process, streaming calls open at once (health "
                                     "Watch, reflection); RESOURCE_EXHAUSTED beyond")
-    # Set by the front door for gunicorn; a worker reads a body from this folder only when nginx
-    # says so (service/nginx.py).
+    # A worker reads a body from this folder only when nginx says so (service/nginx.py).
     body_files: Path | None = setting(None, "the folder where nginx leaves request bodies of a "
                                       "million bytes or more, for gunicorn (see README, The front "
-                                      "door)")
+                                      "door)", by_launcher=True)
     # Access control (service/access.py; README, Access control): off while no key is set.
     api_keys_file: Path | None = setting(None, "a file of API keys, one per line; keys are then "
                                          "required on the model routes")
@@ -221,3 +226,46 @@ def converters(cls) -> dict[str, Callable]:
 
 FIELD_CONVERTERS = converters(Settings)
 
+
+def written(field: dataclasses.Field) -> str:
+    """The field's default as a user would write it in its variable ("" for unset)."""
+    default = field.default
+    if default is None:
+        return ""
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, tuple):
+        return ",".join(default)
+    return str(default)
+
+
+def markdown() -> str:
+    """docs/settings.md: the table of every setting, from the declarations above."""
+    lines = [
+        "# Settings",
+        "",
+        "Every process of the service (the app, gunicorn, the launcher `python -m service`, the",
+        "gRPC processes) reads these settings from its environment; `create_app(mapping)` may",
+        "override them. Booleans are `true` or `false` (or `1`/`0`, `yes`/`no`, `on`/`off`); lists",
+        "are comma-separated. A value a setting does not take stops the start with its name.",
+        "",
+        "This page is written from `service/settings.py`, where each setting is declared: edit",
+        "the declaration, then run `python -m service.settings --markdown > docs/settings.md`.",
+        "",
+        "| variable | default | |",
+        "|---|---|---|",
+    ]
+    for field in fields(Settings):
+        declaration = field.metadata["declaration"]
+        default = declaration.shown or (f"`{written(field)}`" if written(field) else "unset")
+        doc = declaration.doc
+        if declaration.by_launcher:
+            doc = f"**set by the launcher** (`python -m service`), not by users: {doc}"
+        lines.append(f"| `{variable(field)}` | {default} | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m service.settings --markdown > docs/settings.md")
+    print(markdown(), end="")

@@ -1,6 +1,7 @@
 """The declarations of the settings (service/settings.py): every type converted, every rule kept."""
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import get_type_hints
 
 import pytest
@@ -49,3 +50,24 @@ def test_the_grpc_limits():
     assert (Settings().grpc_max_calls, Settings().grpc_max_streams) == (256, 16)
     assert Settings.load({"grpc_max_streams": "4"}, environ={"SERVING_GRPC_MAX_CALLS": "64"}) \
         == Settings(grpc_max_calls=64, grpc_max_streams=4)
+
+
+# --- docs/settings.md, written from the declarations ---------------------------------------------
+
+def test_docs_settings_md_is_what_the_declarations_write():
+    page = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
+    assert page.read_text() == settings.markdown(), \
+        "docs/settings.md is stale: run `python -m service.settings --markdown > docs/settings.md`"
+
+
+@pytest.mark.parametrize("field", [field for field in fields(Settings)
+                                   if not field.metadata["declaration"].shown], ids=lambda f: f.name)
+def test_a_default_as_the_table_writes_it_is_the_default(field):
+    assert Settings.load(environ={settings.variable(field): settings.written(field)}) == Settings()
+
+
+def test_the_table_has_every_setting_and_marks_the_launchers():
+    rows = [line for line in settings.markdown().splitlines() if line.startswith("| `SERVING_")]
+    assert [row.split("`")[1] for row in rows] == [settings.variable(field) for field in fields(Settings)]
+    [launchers] = [row for row in rows if "set by the launcher" in row]
+    assert launchers.startswith("| `SERVING_BODY_FILES` | unset |")
