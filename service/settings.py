@@ -62,7 +62,7 @@ class Settings:
     inter_op_threads: int = setting(1, "onnxruntime threads per worker across operators")
     log_level: str = setting("info", "`debug`, `info`, `warning`, `error` or `critical`",
                              choices=("debug", "info", "warning", "error", "critical"))
-    # The processes (README, Configuration).
+    # The processes (README, The front door).
     bind: str = setting("0.0.0.0:8000", "where clients connect: the front door, or gunicorn "
                         "alone with `SERVING_FRONT_DOOR=none`", pattern=ADDRESS)
     front_door: str = setting("nginx", "`nginx` buffers clients in front of gunicorn; `none`: "
