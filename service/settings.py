@@ -1,7 +1,11 @@
 """Settings: defaults, then SERVING_* environment variables, then the mapping given to create_app.
 
-One place for every process: the app, gunicorn's config (service/gunicorn.conf.py) and the
-front door (service/__main__.py, which starts nginx and gunicorn) all read `Settings.load()`.
+One place for every process: the app, gunicorn's config (service/gunicorn.conf.py), the front
+door (service/__main__.py, which starts nginx and gunicorn) and the gRPC processes all read
+`Settings.load()`. Each setting is declared once, below, with its type, default, rule and one
+line of documentation; docs/settings.md is written from these declarations:
+
+    python -m service.settings --markdown > docs/settings.md
 """
 
 from __future__ import annotations
@@ -9,125 +13,259 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import get_type_hints
 
 from service.version_policy import ALL, VersionPolicy
 
 PREFIX = "SERVING_"
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
-# The allowed values of the settings that are words; other text settings are checked by pattern.
-CHOICES = {
-    "log_level": ("debug", "info", "warning", "error", "critical"),
-    "worker_class": ("sync", "gthread"),
-    "front_door": ("nginx", "none"),
-}
-PATTERNS = {
-    "bind": (re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}"), "HOST:PORT"),
-    "grpc_bind": (re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}"), "HOST:PORT"),
-    "nginx": (re.compile(r"[^\s;{}]+"), "a path or command name"),
-    # A browser's Origin: scheme://host[:port], lowercase, no path; or * for any.
-    "cors_origins": (re.compile(r"\*|https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?"),
-                     "exact origins such as https://app.example.com, or *"),
-}
+ADDRESS = (re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}"), "HOST:PORT")
+# A browser's Origin: scheme://host[:port], lowercase, no path; or * for any.
+ORIGIN = re.compile(r"\*|https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?")
 BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
             "false": False, "0": False, "no": False, "off": False}
-# Integer settings that may be 0, which turns the feature off; the others must be positive.
-MAY_BE_ZERO = {"poll_interval"}
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What a setting is, beyond its type and default: its documentation and its rule."""
+    doc: str  # one line, for docs/settings.md
+    choices: tuple[str, ...] = ()  # the allowed words, read in lowercase
+    pattern: tuple[re.Pattern, str] | None = None  # what a text must match, and that in words
+    lower: bool = False  # read in lowercase before the pattern
+    may_be_zero: bool = False  # integers: 0 turns the feature off; otherwise positive
+    secret: bool = False  # never in the repr nor in an error message
+    by_launcher: bool = False  # set by `python -m service` for its children, not by users
+    shown: str | None = None  # the default in the table, when its value depends on the machine
+
+
+def setting(default, doc: str, **rule):
+    """A field of Settings: its default, its one line of documentation and its rule."""
+    declaration = Declaration(doc, **rule)
+    return dataclasses.field(default=default, repr=not declaration.secret,
+                             metadata={"declaration": declaration})
 
 
 @dataclass(frozen=True)
 class Settings:
-    model_repository: Path = DEFAULT_REPOSITORY
-    max_body_bytes: int = 16 * 1024 * 1024  # 413 above this
-    max_batch: int = 4096  # rows per request; 413 above this
-    intra_op_threads: int = 1  # one gunicorn worker per core: onnxruntime needs no more
-    inter_op_threads: int = 1
-    log_level: str = "info"
-    # The processes (see README, Configuration).
-    bind: str = "0.0.0.0:8000"  # where clients connect: the front door, or gunicorn without one
-    front_door: str = "nginx"  # nginx buffers clients in front of gunicorn; none: gunicorn alone
-    nginx: str = "nginx"  # the nginx program
-    client_timeout: int = 10  # seconds a client may take to send headers or body, or to read
-    keepalive_timeout: int = 75  # seconds an idle kept-alive connection stays open
-    workers: int = os.cpu_count() or 1
-    threads: int = 1  # above 1, gunicorn's gthread workers
-    worker_class: str = "sync"
-    timeout: int = 30  # gunicorn kills a worker silent for this long
-    graceful_timeout: int = 30  # seconds to finish requests on SIGTERM
-    # The Open Inference Protocol over gRPC (service/grpc_server.py): SERVING_WORKERS processes
-    # on this address (SO_REUSEPORT), each with this many handler threads.
-    grpc_bind: str = "0.0.0.0:8081"
-    grpc_threads: int = 4
-    # Set by the front door for gunicorn: the folder where nginx leaves large request bodies
-    # (see service/nginx.py); a worker reads a body from there only when nginx says so.
-    body_files: Path | None = None
+    model_repository: Path = setting(DEFAULT_REPOSITORY, "the repository to load",
+                                     shown="the project's `models/`")
+    max_body_bytes: int = setting(16 * 1024 * 1024, "bytes: a larger request body gets 413, "
+                                  "a larger gRPC message RESOURCE_EXHAUSTED")
+    max_batch: int = setting(4096, "rows per request; more get 413")
+    intra_op_threads: int = setting(1, "onnxruntime threads per worker within an operator "
+                                    "(with one worker per core, onnxruntime needs no more)")
+    inter_op_threads: int = setting(1, "onnxruntime threads per worker across operators")
+    log_level: str = setting("info", "`debug`, `info`, `warning`, `error` or `critical`",
+                             choices=("debug", "info", "warning", "error", "critical"))
+    # The processes (README, The front door).
+    bind: str = setting("0.0.0.0:8000", "where clients connect: the front door, or gunicorn "
+                        "alone with `SERVING_FRONT_DOOR=none`", pattern=ADDRESS)
+    front_door: str = setting("nginx", "`nginx` buffers clients in front of gunicorn; `none`: "
+                              "gunicorn alone, behind a buffering proxy of your own",
+                              choices=("nginx", "none"))
+    nginx: str = setting("nginx", "the nginx program",
+                         pattern=(re.compile(r"[^\s;{}]+"), "a path or command name"))
+    client_timeout: int = setting(10, "seconds: an HTTP client (nginx) must send its headers within "
+                                  "this time and make progress with its body and with reading the "
+                                  "answer at least this often, and a gRPC client must send each "
+                                  "message it owes within it, or it is cut off")
+    keepalive_timeout: int = setting(75, "seconds an idle kept-alive connection stays open")
+    workers: int = setting(os.cpu_count() or 1, "gunicorn workers, each with its own onnxruntime "
+                           "sessions; as many gRPC processes", shown="the CPU count")
+    threads: int = setting(1, "threads per gunicorn worker; above 1, gunicorn's gthread workers")
+    worker_class: str = setting("sync", "gunicorn's worker class, `sync` or `gthread` (sync "
+                                "measured best; see README, Performance)",
+                                choices=("sync", "gthread"))
+    timeout: int = setting(30, "seconds: gunicorn replaces a worker silent for this long")
+    graceful_timeout: int = setting(30, "seconds that requests and gRPC calls in flight get to "
+                                    "finish on SIGTERM")
+    # The Open Inference Protocol over gRPC (service/grpc_server.py).
+    grpc_bind: str = setting("0.0.0.0:8081", "the gRPC address (see README, gRPC), served by "
+                             "`SERVING_WORKERS` processes (SO_REUSEPORT)", pattern=ADDRESS)
+    grpc_threads: int = setting(4, "handler threads per gRPC process")
+    grpc_max_calls: int = setting(256, "per gRPC process, calls open at once (waiting for their "
+                                  "message or their turn, running, streaming); RESOURCE_EXHAUSTED "
+                                  "beyond")
+    grpc_max_streams: int = setting(16, "per gRPC process, streaming calls open at once (health "
+                                    "Watch, reflection); RESOURCE_EXHAUSTED beyond")
+    # A worker reads a body from this folder only when nginx says so (service/nginx.py).
+    body_files: Path | None = setting(None, "the folder where nginx leaves request bodies of a "
+                                      "million bytes or more, for gunicorn (see README, The front "
+                                      "door)", by_launcher=True)
     # Access control (service/access.py; README, Access control): off while no key is set.
-    api_keys_file: Path | None = None  # one key per line; keys required on the model routes
-    api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # comma-separated; prefer the file
-    public_health: bool = True  # probes carry no token: /v2/health/* and gRPC health stay open
-    public_metrics: bool = True  # nor do Prometheus scrapes: /metrics stays open
-    cors_origins: tuple[str, ...] = ()  # comma-separated origins whose pages may call the API
-    # Roll-outs (README, Roll-outs): every process re-reads the repository this often (0: only at
-    # start and on SIGHUP), serving the versions the policy selects (service/version_policy.py).
-    poll_interval: int = 10  # seconds
-    version_policy: VersionPolicy = ALL  # for models without a version_policy.json
+    api_keys_file: Path | None = setting(None, "a file of API keys, one per line; keys are then "
+                                         "required on the model routes")
+    # Checked by service.access, which never echoes a key.
+    api_keys: tuple[str, ...] = setting((), "API keys, comma-separated, added to the file's; "
+                                        "prefer the file", secret=True)
+    public_health: bool = setting(True, "probes carry no token: `/v2/health/*` and gRPC health "
+                                  "stay open; `false` puts them behind the key")
+    public_metrics: bool = setting(True, "nor do Prometheus scrapes: `/metrics` stays open; "
+                                   "`false` puts it behind the key")
+    cors_origins: tuple[str, ...] = setting(
+        (), "origins whose pages may call the API from a browser, comma-separated and exact "
+        "(`https://app.example.com`: scheme, host, port, no path), or `*` for any",
+        pattern=(ORIGIN, "exact origins such as https://app.example.com, or *"), lower=True)
+    # Roll-outs (README, Roll-outs; service/version_policy.py).
+    poll_interval: int = setting(10, "seconds between two reads of the repository by each "
+                                 "process; 0: only at start and on SIGHUP", may_be_zero=True)
+    version_policy: VersionPolicy = setting(ALL, "which versions of a model without a "
+                                            "`version_policy.json` are served")
 
     @classmethod
     def load(cls, overrides: Mapping | None = None, environ: Mapping | None = None) -> Settings:
         environ = os.environ if environ is None else environ
-        settings = cls()
-        for field in fields(cls):
-            raw = environ.get(PREFIX + field.name.upper())
+        declared = {field.name: field for field in fields(cls)}
+        values = {}
+        for name, field in declared.items():
+            raw = environ.get(variable(field))
             if raw is not None:
-                settings = replace(settings, **{field.name: _convert(field.name, raw, field.type)})
+                values[name] = _convert(field, raw)
         for name, value in (overrides or {}).items():
-            if name not in {f.name for f in fields(cls)}:
+            if name not in declared:
                 raise ValueError(f"unknown setting {name!r}")
-            settings = replace(settings, **{name: _convert(name, value, cls.__annotations__[name])})
-        return settings
+            values[name] = _convert(declared[name], value)
+        return cls(**values)
 
 
-def _convert(name: str, value, kind: str):
-    if kind == "Path":
-        return Path(value)
-    if kind == "Path | None":
-        return Path(value) if str(value or "").strip() else None
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() not in BOOLEANS:
-            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be true or false")
-        return BOOLEANS[str(value).lower()]
-    if kind == "tuple[str, ...]":
-        items = value.split(",") if isinstance(value, str) else list(value)
-        items = tuple(item.strip() for item in items if item.strip())
-        if name == "api_keys":  # checked by service.access, which never echoes a key
-            return items
-        return tuple(_convert(name, item.lower(), "str") for item in items)
-    if kind == "int":
-        lowest = 0 if name in MAY_BE_ZERO else 1
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            number = -1
-        if number < lowest:
-            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be "
-                             + ("0 or a positive integer" if lowest == 0 else "a positive integer"))
-        return number
-    if kind == "VersionPolicy":
-        try:
-            return VersionPolicy.parse(value)
-        except ValueError as error:
-            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} {error}") from None
-    if name in CHOICES:
-        word = str(value).lower()
-        if word not in CHOICES[name]:
-            raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be one of "
-                             + ", ".join(CHOICES[name]))
-        return word
-    pattern, expected = PATTERNS[name]
-    if not pattern.fullmatch(str(value)):
-        raise ValueError(f"setting {PREFIX}{name.upper()}={value!r} must be {expected}")
-    return str(value)
+def variable(field: dataclasses.Field) -> str:
+    return PREFIX + field.name.upper()
+
+
+class Refused(ValueError):
+    """A value that its setting does not take; `expected` says what it takes."""
+
+    def __init__(self, value, expected: str):
+        super().__init__(expected)
+        self.value, self.expected = value, expected
+
+
+def _convert(field: dataclasses.Field, value):
+    declaration = field.metadata["declaration"]
+    try:
+        return FIELD_CONVERTERS[field.name](value, declaration)
+    except Refused as refused:
+        shown = "(not shown)" if declaration.secret else repr(refused.value)
+        raise ValueError(f"setting {variable(field)}={shown} {refused.expected}") from None
+
+
+def _integer(value, declaration: Declaration) -> int:
+    lowest = 0 if declaration.may_be_zero else 1
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number < lowest:
+        raise Refused(value, "must be " + ("0 or a positive integer" if lowest == 0
+                                           else "a positive integer"))
+    return number
+
+
+def _boolean(value, _declaration: Declaration) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() not in BOOLEANS:
+        raise Refused(value, "must be true or false")
+    return BOOLEANS[str(value).lower()]
+
+
+def _text(value, declaration: Declaration) -> str:
+    text = str(value).lower() if declaration.choices or declaration.lower else str(value)
+    if declaration.choices and text not in declaration.choices:
+        raise Refused(value, "must be one of " + ", ".join(declaration.choices))
+    if declaration.pattern and not declaration.pattern[0].fullmatch(text):
+        raise Refused(text, f"must be {declaration.pattern[1]}")
+    return text
+
+
+def _texts(value, declaration: Declaration) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(_text(item.strip(), declaration) for item in items if item.strip())
+
+
+def _optional_path(value, _declaration: Declaration) -> Path | None:
+    return Path(value) if str(value or "").strip() else None
+
+
+def _policy(value, _declaration: Declaration) -> VersionPolicy:
+    try:
+        return VersionPolicy.parse(value)
+    except ValueError as error:
+        raise Refused(value, str(error)) from None
+
+
+# One converter per type of setting: (the value given, its declaration) -> the value, or Refused.
+CONVERTERS: dict[object, Callable] = {
+    int: _integer,
+    bool: _boolean,
+    str: _text,
+    tuple[str, ...]: _texts,
+    Path: lambda value, _declaration: Path(value),
+    Path | None: _optional_path,
+    VersionPolicy: _policy,
+}
+
+
+def converters(cls) -> dict[str, Callable]:
+    """Each field's converter, found by the field's type: at import, a setting of a type without
+    a converter, or not declared with setting(), stops the service with its name."""
+    kinds = get_type_hints(cls)
+    wrong = [f"{field.name} (declare it with setting())" for field in fields(cls)
+             if "declaration" not in field.metadata]
+    wrong += [f"{name} (no converter for {kind}: add one to CONVERTERS)"
+              for name, kind in kinds.items() if kind not in CONVERTERS]
+    if wrong:
+        raise TypeError(f"{cls.__name__}: " + "; ".join(wrong))
+    return {name: CONVERTERS[kind] for name, kind in kinds.items()}
+
+
+FIELD_CONVERTERS = converters(Settings)
+
+
+def written(field: dataclasses.Field) -> str:
+    """The field's default as a user would write it in its variable ("" for unset)."""
+    default = field.default
+    if default is None:
+        return ""
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, tuple):
+        return ",".join(default)
+    return str(default)
+
+
+def markdown() -> str:
+    """docs/settings.md: the table of every setting, from the declarations above."""
+    lines = [
+        "# Settings",
+        "",
+        "Every process of the service (the app, gunicorn, the launcher `python -m service`, the",
+        "gRPC processes) reads these settings from its environment; `create_app(mapping)` may",
+        "override them. Booleans are `true` or `false` (or `1`/`0`, `yes`/`no`, `on`/`off`); lists",
+        "are comma-separated. A value a setting does not take stops the start with its name.",
+        "",
+        "This page is written from `service/settings.py`, where each setting is declared: edit",
+        "the declaration, then run `python -m service.settings --markdown > docs/settings.md`.",
+        "",
+        "| variable | default | |",
+        "|---|---|---|",
+    ]
+    for field in fields(Settings):
+        declaration = field.metadata["declaration"]
+        default = declaration.shown or (f"`{written(field)}`" if written(field) else "unset")
+        doc = declaration.doc
+        if declaration.by_launcher:
+            doc = f"**set by the launcher** (`python -m service`), not by users: {doc}"
+        lines.append(f"| `{variable(field)}` | {default} | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m service.settings --markdown > docs/settings.md")
+    print(markdown(), end="")
