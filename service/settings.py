@@ -57,9 +57,14 @@ class Settings:
     timeout: int = 30  # gunicorn kills a worker silent for this long
     graceful_timeout: int = 30  # seconds to finish requests on SIGTERM
     # The Open Inference Protocol over gRPC (service/grpc_server.py): SERVING_WORKERS processes
-    # on this address (SO_REUSEPORT), each with this many handler threads.
+    # on this address (SO_REUSEPORT). In each, at most grpc_threads calls run their method at
+    # once; at most grpc_max_calls calls are open (waiting for their message or their turn,
+    # running, streaming), of which grpc_max_streams streaming ones; RESOURCE_EXHAUSTED beyond.
+    # A call's message (each message of a stream) must arrive within client_timeout.
     grpc_bind: str = "0.0.0.0:8081"
     grpc_threads: int = 4
+    grpc_max_calls: int = 256
+    grpc_max_streams: int = 16
     # Set by the front door for gunicorn: the folder where nginx leaves large request bodies
     # (see service/nginx.py); a worker reads a body from there only when nginx says so.
     body_files: Path | None = None
