@@ -227,6 +227,29 @@ def test_a_long_model_name_is_quoted_short(limited):
             assert len(details) < 200, details[:200]
 
 
+# --- the thread pool's rule, without a server ---------------------------------------------------
+
+@pytest.mark.parametrize("held", [0, 1], ids=["busy", "held"])
+def test_a_call_gets_a_thread_of_its_own_only_while_one_is_held(held):
+    """One core thread, busy for a second: a quick call waits for it when the thread works (more
+    threads would share the same cores), and gets a thread of its own when the thread is held by
+    a call waiting for its message."""
+    from service.grpc_server import PATIENCE, Threads
+
+    threads = Threads(core=1, most=3, held=lambda seconds: held)
+    release = threading.Event()
+    threads.submit(release.wait, 1)
+    started = time.monotonic()
+    quick = threads.submit(time.monotonic)
+    answered = quick.result(timeout=5) - started
+    release.set()
+    if held:
+        assert answered < 20 * PATIENCE, answered
+    else:
+        assert answered >= 0.9, answered
+    assert threads.threads == 1 + held
+
+
 def test_model_not_found_quotes_a_short_prefix_of_the_name_and_version():
     message = ModelNotFound("m" * 10_000, repr("v" * 10_000)).message
     assert "m" * (SHORT + 1) not in message and "v" * (SHORT + 1) not in message, message[:200]
