@@ -19,12 +19,13 @@ the exception's type only, and is logged. The message size limit is REST's body 
 plane's. SIGTERM stops gracefully (new calls refused, calls in flight given
 SERVING_GRACEFUL_TIMEOUT seconds); SIGHUP is ignored: the launcher reloads by replacing processes.
 
-Hostile clients (`Guard`, `KeyCheck`, `CONNECTION_OPTIONS`): grpcio's sync server gives a unary
-method's call a pool thread as soon as it arrives, and that thread waits for the message without
-a limit, so a few calls that never send one used to hold every thread. Here every call is served
-as request-streaming on the server's side (the wire is the same), so that the key check, the
-bounds on open calls and streams, and a deadline on each message the client owes all apply when
-the call arrives; a unary method then waits for its turn among SERVING_GRPC_THREADS.
+Hostile clients (`Guard`, `KeyCheck`, `Threads`, `CONNECTION_OPTIONS`): grpcio's sync server
+gives a unary method's call a pool thread as soon as it arrives, and that thread waits for the
+message without a limit, so a few calls that never send one used to hold every thread. Here
+every call is served as request-streaming on the server's side (the wire is the same), so that
+the key check, the bounds on open calls and streams, and a deadline on each message the client
+owes all apply when the call arrives; and the pool gives calls kept waiting by held threads
+threads of their own.
 """
 
 from __future__ import annotations
@@ -500,7 +501,8 @@ def build_server(plane: DataPlane, settings: Settings) -> tuple[grpc.Server, hea
     # The key check first: a refused call is answered before it counts against any bound.
     interceptors = [KeyCheck(keys, settings.public_health), guard] if keys else [guard]
     # Up to a thread for every call the Guard lets in (one waiting for its message holds one).
-    threads = Threads(settings.grpc_threads, settings.grpc_max_calls + SPARE_THREADS, guard.deadlines.waiting)
+    threads = Threads(settings.grpc_threads, settings.grpc_max_calls + SPARE_THREADS,
+                      held=guard.deadlines.waiting)
     server = grpc.server(threads, options=options, interceptors=interceptors)
     services.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     checker = health.HealthServicer()

@@ -57,10 +57,11 @@ class Settings:
     timeout: int = 30  # gunicorn kills a worker silent for this long
     graceful_timeout: int = 30  # seconds to finish requests on SIGTERM
     # The Open Inference Protocol over gRPC (service/grpc_server.py): SERVING_WORKERS processes
-    # on this address (SO_REUSEPORT). In each, at most grpc_threads calls run their method at
-    # once; at most grpc_max_calls calls are open (waiting for their message or their turn,
-    # running, streaming), of which grpc_max_streams streaming ones; RESOURCE_EXHAUSTED beyond.
-    # A call's message (each message of a stream) must arrive within client_timeout.
+    # on this address (SO_REUSEPORT). In each, grpc_threads threads take the calls in turn (more
+    # only for calls kept waiting by threads held by slow messages); at most grpc_max_calls calls
+    # are open (waiting for their message or a thread, running, streaming), of which
+    # grpc_max_streams streaming ones; RESOURCE_EXHAUSTED beyond. A call's message (each message
+    # of a stream) must arrive within client_timeout.
     grpc_bind: str = "0.0.0.0:8081"
     grpc_threads: int = 4
     grpc_max_calls: int = 256
