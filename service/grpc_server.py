@@ -221,11 +221,11 @@ class Deadlines:
     """Cancels a call whose client has owed a message for `seconds` (SERVING_CLIENT_TIMEOUT).
 
     One thread watches every wait: all last the same time, so they fall due in the order they
-    began, and a queue kept in that order is enough; nor need a call wake the thread (a switch
-    of threads per call): on an empty queue it looks again after `seconds`, before any wait that
-    began meanwhile falls due. grpcio's sync server has no public way to
-    end a call from another thread with a status of its own: `cancel()` is the one it has, and
-    the client sees CANCELLED (the server logs why)."""
+    began, and a queue kept in that order is enough. No call wakes the thread (that would cost a
+    switch of threads per call): on an empty queue it looks again after `seconds`, before any
+    wait begun meanwhile falls due. grpcio's sync server has no public way to end a call from
+    another thread with a status of its own: `cancel()` is the one it has, and the client sees
+    CANCELLED (the server logs why)."""
 
     def __init__(self, seconds: int):
         self.seconds = seconds
