@@ -14,6 +14,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.errors import ModelNotFound
 from service.stubs import messages, services
@@ -101,8 +102,9 @@ def served():
 def test_stalled_calls_and_idle_streams_do_not_starve_model_infer(served, cases):
     """200 calls that never send their message (over 4 connections, as one connection carries at
     most 100 at once) and 32 reflection streams that never send a request, then 200 ordinary
-    ModelInfer calls: all answered right, p99 at most 100 ms, while the hostile calls are still
-    open (they are ended only after SERVING_CLIENT_TIMEOUT, 10 s by default)."""
+    ModelInfer calls: all answered right, p99 at most 100 ms, and health answers, while the
+    hostile calls are still open (they are ended only after SERVING_CLIENT_TIMEOUT, 10 s by
+    default)."""
     ordinary_infer(served.grpc, cases, 6)  # warm: models, channel
     channels = [separate_channel(served.grpc) for _ in range(5)]
     try:
@@ -112,6 +114,8 @@ def test_stalled_calls_and_idle_streams_do_not_starve_model_infer(served, cases)
             streams = [stalled.reflection(channels[4]) for _ in range(32)]
             time.sleep(1)  # every call and stream reaches the server
             latencies = ordinary_infer(served.grpc, cases, 200)
+            with separate_channel(served.grpc) as channel:
+                health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             open_for = time.monotonic() - started
             still_open = sum(not call.done() for call in calls)
             refused_streams = [failure(stream) for stream in streams if stream.done()]
@@ -120,6 +124,7 @@ def test_stalled_calls_and_idle_streams_do_not_starve_model_infer(served, cases)
         assert still_open == 200, f"{200 - still_open} stalled calls ended within {open_for:.1f} s"
         # Beyond the cap on streaming calls (SERVING_GRPC_MAX_STREAMS), streams are refused at once.
         assert set(refused_streams) <= {grpc.StatusCode.RESOURCE_EXHAUSTED}, refused_streams
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         for channel in channels:
             channel.close()
