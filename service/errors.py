@@ -28,7 +28,14 @@ class ModelNotFound(ServiceError):
     status = 404
 
     def __init__(self, name: str, version: str | int | None = None):
-        where = f"model {name!r}" if version is None else f"model {name!r} version {version}"
+        from service.tensors import SHORT, quote  # tensors imports this module
+
+        where = f"model {quote(name)}"
+        if version is not None:  # a number, or a client's text that the registry quoted already
+            text = str(version)
+            if len(text) > SHORT:
+                text = f"{text[:SHORT]}... ({len(text)} characters)"
+            where += f" version {text}"
         super().__init__(f"{where} not found")
 
 

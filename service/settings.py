@@ -73,7 +73,8 @@ class Settings:
     client_timeout: int = setting(10, "seconds: an HTTP client (nginx) must send its headers within "
                                   "this time and make progress with its body and with reading the "
                                   "answer at least this often, and a gRPC client must send each "
-                                  "message it owes within it, or it is cut off")
+                                  "message it owes whole within it (a 16 MB message needs 1.6 MB/s), "
+                                  "or it is cut off")
     keepalive_timeout: int = setting(75, "seconds an idle kept-alive connection stays open")
     workers: int = setting(os.cpu_count() or 1, "gunicorn workers, each with its own onnxruntime "
                            "sessions; as many gRPC processes", shown="the CPU count")
@@ -87,7 +88,9 @@ class Settings:
     # The Open Inference Protocol over gRPC (service/grpc_server.py).
     grpc_bind: str = setting("0.0.0.0:8081", "the gRPC address (see README, gRPC), served by "
                              "`SERVING_WORKERS` processes (SO_REUSEPORT)", pattern=ADDRESS)
-    grpc_threads: int = setting(4, "handler threads per gRPC process")
+    grpc_threads: int = setting(4, "threads per gRPC process that take the calls in turn (more only "
+                                "for calls kept waiting by threads held by stalled calls: README, "
+                                "gRPC)")
     grpc_max_calls: int = setting(256, "per gRPC process, calls open at once (waiting for their "
                                   "message or their turn, running, streaming); RESOURCE_EXHAUSTED "
                                   "beyond")
