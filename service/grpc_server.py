@@ -157,11 +157,17 @@ class InferenceServicer(services.GRPCInferenceServiceServicer):
 
     @rpc(counted=True)
     def ModelReady(self, request, context, labels):
-        """ready=false for a version that failed to load; NOT_FOUND for an unknown one (as REST)."""
+        """ready=false for a version that failed to load; NOT_FOUND for an unknown one (as REST).
+        A served version whose files changed and were refused says so in the trailing metadata
+        `reason` (REST's ready answer has it in its body)."""
         try:
-            self.resolve(request.name, request.version, labels)
+            model = self.resolve(request.name, request.version, labels)
         except ModelNotReady:
             return messages.ModelReadyResponse(ready=False)
+        stale = self.plane.registry.stale(model)
+        if stale:
+            reason = f"its files changed and were refused, the copy loaded before serves: {stale}"
+            context.set_trailing_metadata((("reason", reason.encode("ascii", "backslashreplace").decode()),))
         return messages.ModelReadyResponse(ready=True)
 
     @rpc(counted=True)

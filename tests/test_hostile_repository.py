@@ -246,6 +246,22 @@ def test_the_ready_answer_of_a_stale_version_says_so(tmp_path):
     [stale] = [e for e in client.post("/v2/repository/index").get_json() if e["name"] == "digits"]
     assert stale["state"] == "READY" and "refused" in stale["reason"]
 
+    # gRPC's ModelReady has no field for it: the trailing metadata says it.
+    from service.grpc_server import InferenceServicer
+    from service.stubs import messages
+
+    class Context:
+        trailing = ()
+
+        def set_trailing_metadata(self, metadata):
+            self.trailing = metadata
+
+    context = Context()
+    servicer = InferenceServicer(client.application.extensions["data_plane"])
+    answer = servicer.ModelReady(messages.ModelReadyRequest(name="digits", version="1"), context)
+    assert answer.ready and dict(context.trailing)["reason"].startswith("its files changed")
+    assert "sha256" in dict(context.trailing)["reason"]
+
 
 @pytest.mark.parametrize(("content", "reason"), [
     (lambda p: os.mkfifo(p), "is a FIFO"),
