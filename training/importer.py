@@ -54,13 +54,12 @@ it was.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import shutil
 import sys
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,7 +68,7 @@ import numpy as np
 
 from modelcard.tables import DATATYPE_OF, DATATYPE_OF_ONNX, NAME
 from modelcard.tables import DATATYPES as V2_DATATYPES
-from training import TrainingError, one_line
+from training import TrainingError, one_line, quiet
 from training.repository import REPOSITORY, publish
 
 ROWS = 16  # generated rows
@@ -268,7 +267,7 @@ def load_keras(path: Path, fmt: str) -> Loaded:
     import keras
 
     try:
-        with quiet_python_logs():
+        with quiet.python_logs():
             model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, TypeError, KeyError, OSError, ...
         raise ImportRefused(f"{path.name}: Keras cannot load it ({one_line(error)})") from None
@@ -367,7 +366,7 @@ def load_savedmodel(path: Path) -> Loaded:
     import tensorflow as tf
 
     try:
-        with quiet_python_logs():
+        with quiet.python_logs():
             saved = tf.saved_model.load(str(path))
     except Exception as error:
         raise ImportRefused(f"{path.name}: TensorFlow cannot load the SavedModel "
@@ -541,33 +540,6 @@ def rows_of(feeds: dict[str, np.ndarray]) -> int:
 # ------------------------------------------------------------------ export, parity, forward
 
 
-@contextlib.contextmanager
-def quiet_python_logs() -> Iterator[list[logging.LogRecord]]:
-    """Hold back what tf2onnx, TensorFlow and absl log through Python's logging (INFO chatter,
-    and the errors tf2onnx logs before it gives up); yields the records, for error messages."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    handler = Keep(logging.WARNING)
-    saved = []
-    for name in ("tf2onnx", "tensorflow", "absl"):
-        logger = logging.getLogger(name)
-        saved.append((logger, logger.handlers[:], logger.propagate, logger.level))
-        logger.handlers[:] = [handler]
-        logger.propagate = False
-        logger.setLevel(logging.WARNING)
-    try:
-        yield records
-    finally:
-        for logger, handlers, propagate, level in saved:
-            logger.handlers[:] = handlers
-            logger.propagate = propagate
-            logger.setLevel(level)
-
-
 def export_graph(loaded: Loaded):
     import tensorflow as tf
 
@@ -575,7 +547,7 @@ def export_graph(loaded: Loaded):
 
     specs = [tf.TensorSpec([None if d == -1 else d for d in t.shape], tf.as_dtype(t.dtype), name=t.name)
              for t in loaded.inputs]
-    with quiet_python_logs() as records:
+    with quiet.python_logs() as records:
         try:
             graph = export.to_onnx(loaded.call, specs)
         except export.ExportError as error:
@@ -631,7 +603,7 @@ def reference_outputs(loaded: Loaded, feeds: dict[str, np.ndarray]) -> dict[str,
     try:
         for start in range(0, rows, step):
             chunk = [tf.constant(feeds[n][start:start + step] if batched else feeds[n]) for n in names]
-            with quiet_python_logs():
+            with quiet.python_logs():
                 answer = loaded.call(*chunk)
             for name in parts:
                 value = answer[name]
