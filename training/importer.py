@@ -61,14 +61,13 @@ import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from modelcard.tables import DATATYPE_OF, DATATYPE_OF_ONNX, NAME
 from modelcard.tables import DATATYPES as V2_DATATYPES
-from training import TrainingError, one_line, quiet
+from training import TrainingError, card, one_line, quiet
 from training.repository import REPOSITORY, publish
 
 ROWS = 16  # generated rows
@@ -105,12 +104,7 @@ class Tensor:
         return f"{self.name} {self.datatype} {list(self.shape)}"
 
     def entry(self, labels: list[str] | None = None) -> dict:
-        entry = {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-        if self.range is not None:
-            entry["range"] = list(self.range)
-        if labels:
-            entry["labels"] = list(labels)
-        return entry
+        return card.tensor_entry(self.name, self.datatype, self.shape, bounds=self.range, labels=labels)
 
 
 @dataclass
@@ -703,9 +697,7 @@ def forward_section(loaded: Loaded) -> tuple[dict, dict[str, np.ndarray]] | None
         b = np.asarray(layer.bias, dtype=np.float32) if layer.use_bias else np.zeros(W.shape[1], np.float32)
         weights[f"W{number}"], weights[f"b{number}"] = W, b
         table.append({"name": layer.name, "units": int(W.shape[1]), "activation": activation})
-    section = {"input": source.name, "output": target.name, "preprocessing": preprocessing,
-               "layers": table}
-    return section, weights
+    return card.forward_entry(source.name, target.name, preprocessing, table), weights
 
 
 def dense_chain(model) -> list | None:
@@ -759,71 +751,20 @@ def check_labels(loaded: Loaded, labels: dict[str, list[str]]) -> None:
                                    if shape[-1] == 1 else ""))
 
 
-def libraries(loaded: Loaded) -> dict:
-    import onnx
-    import onnxruntime
-
-    found = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
-    if loaded.kind == "keras":
-        import keras
-        import tensorflow as tf
-        import tf2onnx
-
-        found = {"tensorflow": tf.__version__, "keras": keras.__version__,
-                 "tf2onnx": tf2onnx.__version__, **found}
-    return found
-
-
 def opset_of(graph) -> int:
     return next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-@dataclass
-class Parity:
-    reference: str | None
-    data: str
-    rows: int
-    max_abs_difference: float | None
-    tolerance: float | None
-    outputs: dict[str, float] = field(default_factory=dict)
-
-    def entry(self) -> dict:
-        entry = {"reference": self.reference, "data": self.data, "rows": self.rows,
-                 "max_abs_difference": self.max_abs_difference, "tolerance": self.tolerance}
-        if self.reference is not None:
-            entry["rule"] = "per output: |reference - onnxruntime| <= tolerance x max(1, max |reference|)"
-            entry["outputs"] = self.outputs
-        return entry
-
-
-def card(args, loaded: Loaded, labels: dict, parity: Parity, section: dict | None, opset: int,
-         version: int, files: dict) -> dict:
-    document = {
-        "name": args.name,
-        "version": version,
-        "description": args.description or f"Imported from {loaded.path.name}.",
-        "platform": "onnx_onnxv1",
-        "source": {"kind": loaded.kind, "file": loaded.path.name, "format": loaded.format},
-        "inputs": [t.entry() for t in loaded.inputs],
-        "outputs": [t.entry(labels.get(t.name)) for t in loaded.outputs],
-    }
-    if section is not None:
-        document["forward"] = section
-    document.update({
-        "parity": parity.entry(),
-        "metrics": {},
-        "files": files,
-        "opset": opset,
-        "libraries": libraries(loaded),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    })
-    from modelcard.card import CardError, ModelCard
-
-    try:
-        ModelCard.parse(document)
-    except CardError as error:
-        raise ImportRefused(f"the card would not parse: {error}") from None
-    return document
+def imported_card(args, loaded: Loaded, labels: dict, parity: dict, section: dict | None, opset: int,
+                  version: int, files: dict) -> dict:
+    return card.build(
+        name=args.name, version=version,
+        description=args.description or f"Imported from {loaded.path.name}.",
+        source={"kind": loaded.kind, "file": loaded.path.name, "format": loaded.format},
+        inputs=[t.entry() for t in loaded.inputs],
+        outputs=[t.entry(labels.get(t.name)) for t in loaded.outputs],
+        forward=section, parity=parity, metrics={}, files=files, opset=opset,
+    )
 
 
 def run(args, labels: dict[str, list[str]], say: Callable[[str], None] = print) -> Path:
@@ -845,7 +786,7 @@ def run(args, labels: dict[str, list[str]], say: Callable[[str], None] = print) 
         session = onnx_session(loaded, loaded.path.read_bytes())
         if args.sample is not None:  # a smoke test: nothing to compare with
             onnx_outputs(loaded, session, feeds)
-        parity = Parity(None, "none: a plain ONNX file has nothing to compare with" + (
+        parity = card.parity_entry(None, "none: a plain ONNX file has nothing to compare with" + (
             f"; ran {rows} rows of {data} through onnxruntime" if args.sample else ""),
             rows if args.sample else 0, None, None)
         opset = opset_of(loaded.keep[0])
@@ -860,7 +801,7 @@ def run(args, labels: dict[str, list[str]], say: Callable[[str], None] = print) 
         answers = onnx_outputs(loaded, session, feeds)
         differences = compare(loaded, reference, answers, args.tolerance, "onnxruntime")
         worst = max(differences.values(), default=0.0)
-        parity = Parity(loaded.reference, data, rows, worst, args.tolerance, differences)
+        parity = card.parity_entry(loaded.reference, data, rows, worst, args.tolerance, differences)
         opset = opset_of(graph)
         say(f"exported to ONNX opset {opset}: parity {worst:.1e} on {rows} "
             f"{'generated rows' if args.sample is None else f'rows of {args.sample.name}'} "
@@ -875,7 +816,8 @@ def run(args, labels: dict[str, list[str]], say: Callable[[str], None] = print) 
                 f"{len(section['layers'])} Dense layers; NumPy and onnxruntime agree to {agreement:.1e}")
     target = publish(
         args.repository, args.name, files,
-        lambda version, digests: card(args, loaded, labels, parity, section, opset, version, digests),
+        lambda version, digests: imported_card(args, loaded, labels, parity, section, opset, version,
+                                               digests),
         args.version,
     )
     say(f"wrote {target}")
