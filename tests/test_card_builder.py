@@ -67,13 +67,14 @@ def test_trained_card_comes_from_the_builder_as_committed(name, built, monkeypat
 def test_imported_card_comes_from_the_builder(built, tmp_path):
     """A real import (a scikit-learn pipeline as ONNX: no TensorFlow) writes the card the builder made."""
     from tests.imported import iris_pipeline, save_sklearn
-    from training import card, importer
+    from training import card
+    from training.importer import run
 
     model = save_sklearn(iris_pipeline(), tmp_path / "iris.onnx")
     args = argparse.Namespace(model=model, name="iris", repository=tmp_path / "models", version=None,
                               sample=None, labels=[], description=None, tolerance=1e-4)
     said = []
-    target = importer.run(args, {"probabilities": ["setosa", "versicolor", "virginica"]}, said.append)
+    target = run.run(args, {"probabilities": ["setosa", "versicolor", "virginica"]}, said.append)
     (document,) = built
     assert (target / "card.json").read_text() == as_written(document)
     parsed = ModelCard.parse(document)
