@@ -5,7 +5,7 @@ models/<name>/ (or --version N). Errors are one line on stderr and exit code 2; 
 run leaves the repository as it was.
 
 `python -m training import MODEL_FILE --name NAME ...` imports a Keras, SavedModel or ONNX
-file instead (training/importer.py; `python -m training import --help`).
+file instead (training/importer/; `python -m training import --help`).
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ def summary(results) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["import"]:
-        from training import importer  # TensorFlow is loaded only for Keras files and SavedModels
+        from training.importer import cli  # TensorFlow is loaded only for Keras files and SavedModels
 
-        return importer.main(argv[1:])
+        return cli.main(argv[1:])
     args = parse_args(argv)
     try:
         chosen = [specs.load(name) for name in (args.models or specs.builtin_names())]

@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
 import numpy as np
 import onnx
 import onnxruntime
-import sklearn
 import tensorflow as tf
 import tf2onnx
 from tensorflow.core.function.capture import capture_container
 
-from training import TrainingError, one_line
+from training import TrainingError, card, one_line
 from training.data import Dataset
 from training.repository import publish
 
@@ -145,52 +143,22 @@ def check(graph: onnx.ModelProto, spec: dict, model: keras.Model, dataset: Datas
     return difference
 
 
-def card(spec, dataset, version, preprocessing, metrics, parity, files: dict) -> dict:
+def trained_card(spec: dict, dataset: Dataset, version: int, preprocessing: dict, metrics: dict,
+                 parity: float, files: dict) -> dict:
     """The card of a trained model (docs/card.md): one table input, one labelled output, and the
     forward section for the NumPy forward propagation of its Dense layers."""
-    features = len(dataset.features)
-    outputs = spec["layers"][-1]["units"]
-    return {
-        "name": spec["name"],
-        "version": version,
-        "description": spec["description"],
-        "platform": "onnx_onnxv1",
-        "source": {"kind": "trained", "file": None},
-        "inputs": [{"name": spec["input"], "datatype": "FP32", "shape": [-1, features],
-                    "features": list(dataset.features)}],
-        "outputs": [{"name": spec["output"], "datatype": "FP32", "shape": [-1, outputs],
-                     "labels": list(dataset.labels)}],
-        "forward": {
-            "input": spec["input"],
-            "output": spec["output"],
-            "preprocessing": preprocessing,
-            "layers": [
-                {"name": layer["name"], "units": layer["units"], "activation": layer["activation"]}
-                for layer in spec["layers"]
-            ],
-        },
-        "parity": {"reference": "keras", "data": "test split", "rows": len(dataset.test.y),
-                   "max_abs_difference": parity, "tolerance": TOLERANCE},
-        "metrics": metrics,
-        "dataset": dataset.fingerprint(),
-        "training": spec["training"],
-        "files": files,
-        "opset": OPSET,
-        "libraries": libraries(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-def libraries() -> dict:
-    return {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "tf2onnx": tf2onnx.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "scikit-learn": sklearn.__version__,
-    }
+    return card.build(
+        name=spec["name"], version=version, description=spec["description"],
+        source={"kind": "trained", "file": None},
+        inputs=[card.tensor_entry(spec["input"], "FP32", [-1, len(dataset.features)],
+                                  features=dataset.features)],
+        outputs=[card.tensor_entry(spec["output"], "FP32", [-1, spec["layers"][-1]["units"]],
+                                   labels=dataset.labels)],
+        forward=card.forward_entry(spec["input"], spec["output"], preprocessing, spec["layers"]),
+        parity=card.parity_entry("keras", "test split", len(dataset.test.y), parity, TOLERANCE),
+        metrics=metrics, dataset=dataset.fingerprint(), training=spec["training"],
+        files=files, opset=OPSET,
+    )
 
 
 def write_version(
@@ -205,6 +173,7 @@ def write_version(
         repository, spec["name"],
         {"model.onnx": lambda path: onnx.save(graph, path),
          "weights.npz": lambda path: np.savez(path, **weights)},
-        lambda number, files: card(spec, dataset, number, preprocessing, metrics, parity, files),
+        lambda number, files: trained_card(spec, dataset, number, preprocessing, metrics, parity,
+                                           files),
         version,
     )

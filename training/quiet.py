@@ -27,16 +27,21 @@ changes the shuffling (and so every trained weight), and TF_CPP_MIN_LOG_LEVEL=3 
 C++ error too. So `filtered()` filters file descriptor 2 of the process:
 C++ and Python writes alike pass through a pipe, a thread drops the lines that match NOISE and
 forwards every other byte to the real stderr. Set TF_CPP_MIN_LOG_LEVEL=0 to see everything.
+
+What tf2onnx, TensorFlow and absl log through Python's logging while a model is loaded, traced
+or converted is held back by `python_logs()` instead, which hands the records to the caller.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import re
 import sys
 import threading
+from collections.abc import Iterator
 
 # What follows the severity letter of an Abseil log line: MMDD, time, thread id, file:line].
 _ABSL = rb"\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\] "
@@ -144,3 +149,30 @@ def filtered(enabled: bool | None = None):
         reader.join(timeout=10)
         if not reader.is_alive():  # else a child process still holds the pipe; leave it the fd
             os.close(saved)
+
+
+@contextlib.contextmanager
+def python_logs() -> Iterator[list[logging.LogRecord]]:
+    """Hold back what tf2onnx, TensorFlow and absl log through Python's logging (INFO chatter,
+    and the errors tf2onnx logs before it gives up); yields the records, for error messages."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep(logging.WARNING)
+    saved = []
+    for name in ("tf2onnx", "tensorflow", "absl"):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers[:], logger.propagate, logger.level))
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.WARNING)
+    try:
+        yield records
+    finally:
+        for logger, handlers, propagate, level in saved:
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+            logger.setLevel(level)
