@@ -306,7 +306,8 @@ def test_an_error_answer_is_shown(page, server):
 
 def test_unavailable_versions_and_missing_models_are_shown_with_the_reason(browser, tmp_path):
     """demand version 2 is refused (tampered model.onnx) while version 1 serves; a model whose
-    only version is broken is listed unavailable; digits is not in the repository at all."""
+    only version is broken is listed unavailable; digits is not in the repository at all, so the
+    drawing panel is not shown."""
     shutil.copytree(MODELS / "demand", tmp_path / "demand")
     tampered = tmp_path / "demand" / "2"
     shutil.copytree(tmp_path / "demand" / "1", tampered)
@@ -339,19 +340,26 @@ def test_unavailable_versions_and_missing_models_are_shown_with_the_reason(brows
                 f"Version 1 is unavailable: {reasons[('broken', '1')]}")
             for name in ("digits", "digits-binary"):
                 expect(page.locator(f'.card[data-model="{name}"]')).to_have_count(0)
-            # the drawing panel says why it cannot predict: the service's own 404
-            try:
-                urllib.request.urlopen(f"{server.url}/v2/models/digits", timeout=10)
-                raise AssertionError("digits should not be served")
-            except urllib.error.HTTPError as error:
-                assert error.code == 404
-                message = json.loads(error.read())["error"]
-            assert "model 'digits' not found" in message
-            expect(page.locator("#draw-error")).to_contain_text(message)
+            # neither digits model is served: the page leads with what is, no drawing panel
+            expect(page.locator("#draw")).to_be_hidden()
+            expect(page.locator("#demand")).to_be_visible()
             # and demand still works, with version 1
             expect(page.locator("#demand-probability")).to_have_text(re.compile(r"^\d+\.\d%$"))
         finally:
             page.close()
+
+
+def test_a_repository_of_ones_own_models_opens_on_them_without_the_built_in_panels(page, tmp_path, problems):
+    """No digits, no demand: the page shows the user's model, and no panel that could only fail."""
+    onnx_models.write_version(tmp_path, IMPORTED, 1, onnx_models.two_in_two_out(),
+                              ranges=IMPORTED_RANGES, labels=IMPORTED_LABELS)
+    with gunicorn(tmp_path, workers=1) as server:
+        page.goto(server.url + "/")
+        expect(page.locator(f'.card[data-model="{IMPORTED}"]')).to_be_visible()
+        for panel in ("#draw", "#demand"):
+            expect(page.locator(panel)).to_be_hidden()
+        expect(page.locator(".error:visible")).to_have_count(0)
+    assert problems == []
 
 
 def test_with_api_keys_the_page_asks_for_one_and_works_with_it(browser, problems):

@@ -932,9 +932,34 @@ async function setUpModels() {
   }
 }
 
+/** The models the repository index says are served, or null when it cannot say (a key is
+ * needed, say): then every panel shows and says what is wrong. */
+async function servedModels() {
+  try {
+    const index = await call("POST", "/v2/repository/index", { ready: true });
+    return new Set(index.map((entry) => entry.name));
+  } catch {
+    return null;
+  }
+}
+
+/** The page leads with what is served: a built-in model's panel shows only when it is served. */
+async function setUpPanels() {
+  const served = await servedModels();
+  const shown = (name) => served === null || served.has(name);
+  const digitModels = ["digits", "digits-binary"].filter(shown);
+  document.getElementById("draw").hidden = !digitModels.length;
+  document.querySelectorAll('input[name="digit-model"]').forEach((radio) => {
+    radio.closest("label").hidden = !digitModels.includes(radio.value);
+    radio.checked = radio.value === digitModels[0];
+  });
+  if (digitModels.length) setUpDrawing();
+  document.getElementById("demand").hidden = !shown("demand");
+  if (shown("demand")) setUpDemand();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setUpKeyForm();
-  setUpDrawing();
-  setUpDemand();
+  setUpPanels();
   setUpModels();
 });
