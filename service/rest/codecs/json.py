@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from service.errors import BadRequest
+from service.core.errors import BadRequest
 
 
 def parse_object(body: bytes | memoryview, what: str = "request body") -> dict:

@@ -22,11 +22,11 @@ from __future__ import annotations
 import numpy as np
 
 from modelcard.card import TensorSpec
-from service.dataplane import InferenceRequest, InferenceResponse, RequestedOutput
-from service.errors import BadRequest
+from service.core.dataplane import InferenceRequest, InferenceResponse, RequestedOutput
+from service.core.errors import BadRequest
+from service.core.tensors import check_datatype, check_shape, datatype_of, from_bytes, quote, to_bytes
+from service.repository.version_folder import LoadedModel
 from service.stubs import messages
-from service.tensors import check_datatype, check_shape, datatype_of, from_bytes, quote, to_bytes
-from service.version_folder import LoadedModel
 
 PLATFORM = "onnx_onnxv1"
 RAW_OUTPUT = "raw_output"

@@ -1,6 +1,6 @@
 """One version folder of the model repository, read, verified and loaded.
 
-Every file is untrusted input (service/untrusted_files.py): card.json is checked against its
+Every file is untrusted input (service/repository/untrusted_files.py): card.json is checked against its
 schema (modelcard/card.py), every file the card lists is read once and hashed, and the bytes that
 matched the card's sha256 are the bytes onnxruntime and NumPy load, so that a file swapped on
 disk meanwhile can never be served unverified. Whatever is wrong, LoadError says it in one line.
@@ -23,8 +23,8 @@ import orjson
 from modelcard.card import CardError, ModelCard, TensorSpec, one_line
 from modelcard.forward import Network
 from modelcard.tables import ONNX_TYPES
-from service import untrusted_files
-from service.untrusted_files import UnsafeFile
+from service.repository import untrusted_files
+from service.repository.untrusted_files import UnsafeFile
 
 # What a version folder's files may weigh: a card is small; model.onnx is at most protobuf's 2 GiB.
 CARD_LIMIT = 1 << 20

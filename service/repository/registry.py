@@ -4,8 +4,8 @@ Layout: <repository>/<name>/<version>/{model.onnx, card.json, and weights.npz wh
 a forward section}, and optionally <repository>/<name>/version_policy.json; versions are positive
 integers and the highest loaded one is the default. A version that fails to load (bad card, sha256
 mismatch, unreadable graph, a signature that differs from the card's, ...) is recorded with its
-reason and not served; the others are unaffected. The version policy (service/version_policy.py)
-decides which versions are loaded; `refresh` re-reads the repository (service/polling.py calls it).
+reason and not served; the others are unaffected. The version policy (service/repository/version_policy.py)
+decides which versions are loaded; `refresh` re-reads the repository (service/repository/polling.py calls it).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 
 from modelcard.card import one_line
 from modelcard.tables import NAME
-from service import untrusted_files
-from service.errors import ModelNotFound, ModelNotReady
-from service.untrusted_files import UnsafeFile
-from service.version_folder import LoadedModel, LoadError, fingerprint, load_version
-from service.version_policy import ALL, VersionPolicy
+from service.core.errors import ModelNotFound, ModelNotReady
+from service.repository import untrusted_files
+from service.repository.untrusted_files import UnsafeFile
+from service.repository.version_folder import LoadedModel, LoadError, fingerprint, load_version
+from service.repository.version_policy import ALL, VersionPolicy
 
 log = logging.getLogger(__name__)
 

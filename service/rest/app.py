@@ -7,16 +7,22 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from flask import Flask, Response, send_from_directory
 
-from service import access, errors, metrics, polling
-from service.dataplane import DataPlane
-from service.openapi import document as openapi_document
-from service.protocols import tfserving, v2
-from service.protocols.common import INFERENCE, METRIC_LABELS, json_response
-from service.protocols.hot_path import HotPath
+from service.core import metrics
+from service.core.dataplane import DataPlane
+from service.repository import polling
+from service.rest import access, errors
+from service.rest.openapi import document as openapi_document
+from service.rest.protocols import tfserving, v2
+from service.rest.protocols.common import INFERENCE, METRIC_LABELS, json_response
+from service.rest.protocols.hot_path import HotPath
 from service.settings import Settings
+
+# The page's files, in service/static (beside the packages, not in service/rest).
+STATIC_FOLDER = str(Path(__file__).resolve().parent.parent / "static")
 
 REQUEST_ID = "X-Request-ID"
 # A client's id is echoed only when it is short and printable, so it cannot break a log line.
@@ -27,7 +33,7 @@ def build_app(config: Mapping | None = None) -> Flask:
     settings = Settings.load(config)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = Flask(__name__, static_folder="static", static_url_path="/static")  # service/static
+    app = Flask(__name__, static_folder=STATIC_FOLDER, static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # `//v2//models` is no route: merging slashes would answer 308 to whatever Host was sent.
     app.url_map.merge_slashes = False

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from service import __version__, stats
-from service.codecs import v2 as codec
-from service.codecs.json import parse_object
-from service.dataplane import DataPlane
-from service.errors import BadRequest
-from service.protocols.common import (
+from service import __version__
+from service.core import stats
+from service.core.dataplane import DataPlane
+from service.core.errors import BadRequest
+from service.rest.codecs import v2 as codec
+from service.rest.codecs.json import parse_object
+from service.rest.protocols.common import (
     body,
     body_in,
     check_content_type_in,
@@ -107,14 +108,14 @@ def model_ready(name: str, version: str | None = None):
 @blueprint.get("/v2/models/<name>/stats")
 @blueprint.get("/v2/models/<name>/versions/<version>/stats")
 def model_statistics(name: str | None = None, version: str | None = None):
-    """Triton's statistics extension (service/stats.py), summed across every process."""
+    """Triton's statistics extension (service/core/stats.py), summed across every process."""
     return json_response(stats.statistics(plane().registry, name, version))
 
 
 @blueprint.post("/v2/models/<name>/infer")
 @blueprint.post("/v2/models/<name>/versions/<version>/infer")
 def model_infer(name: str, version: str | None = None):
-    """POST is answered by the hot path in front of Flask (service/protocols/hot_path.py) with
+    """POST is answered by the hot path in front of Flask (service/rest/protocols/hot_path.py) with
     the same `infer`; the rule keeps the route in the URL map: 405 for other methods, OpenAPI."""
     payload, headers = infer(request.environ, plane(), name, version)
     return Response(payload, headers=headers)

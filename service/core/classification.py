@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.errors import BadRequest
-from service.version_folder import LoadedModel
+from service.core.errors import BadRequest
+from service.repository.version_folder import LoadedModel
 
 PARAMETER = "classification"
 JSON_KINDS = {str: "a string", list: "an array", dict: "an object", type(None): "null"}

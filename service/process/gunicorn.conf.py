@@ -1,8 +1,8 @@
 """gunicorn settings for the service, from service.settings.Settings (SERVING_* variables).
 
 `python -m service` runs gunicorn with this file behind nginx, bound to a unix socket; run
-alone (`gunicorn -c service/gunicorn.conf.py`), it binds SERVING_BIND. Each worker loads its own
-onnxruntime sessions and polls the repository with a thread of its own (service/polling.py), so
+alone (`gunicorn -c service/process/gunicorn.conf.py`), it binds SERVING_BIND. Each worker loads its own
+onnxruntime sessions and polls the repository with a thread of its own (service/repository/polling.py), so
 the app is never preloaded (a thread does not survive the fork); one worker per core by default.
 Sync workers are the default: in `make bench`, gthread workers (keep-alive) matched their
 requests/s but had a worse and less stable p99 (see README, Performance); behind nginx,
@@ -18,7 +18,7 @@ import tempfile
 import orjson
 from gunicorn import util
 
-from service.access_log import JsonAccessLogger
+from service.process.access_log import JsonAccessLogger
 from service.settings import Settings
 
 settings = Settings.load()

@@ -1,7 +1,7 @@
 """What the REST routes share: the data plane of this app, the model asked for, bodies, responses.
 
 Each helper has a form over the WSGI environ, for the plain-WSGI hot path
-(service/protocols/hot_path.py), and a Flask form over the current request that calls it."""
+(service/rest/protocols/hot_path.py), and a Flask form over the current request that calls it."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 from flask import Response, current_app, request
 from gunicorn.http.errors import ParseException
 
-from service.codecs.json import dumps
-from service.dataplane import DataPlane
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.core.dataplane import DataPlane
+from service.core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.repository.version_folder import LoadedModel
+from service.rest.codecs.json import dumps
 from service.settings import Settings
-from service.version_folder import LoadedModel
 
 METRIC_LABELS = "serving.metric_labels"  # WSGI environ key: [model, version, protocol]
 INFERENCE = "serving.inference"  # WSGI environ key, set on inference routes: counted in the statistics
-BODY_FILE = "HTTP_X_FRONT_DOOR_BODY_FILE"  # set by nginx for large bodies (service/nginx.py)
+BODY_FILE = "HTTP_X_FRONT_DOOR_BODY_FILE"  # set by nginx for large bodies (service/process/nginx.py)
 
 
 def plane() -> DataPlane:
@@ -31,7 +31,7 @@ def resolve(name: str, version: str | None, protocol: str, inference: bool = Fal
 
 def resolve_in(environ: dict, data_plane: DataPlane, name: str, version: str | None,
                protocol: str, inference: bool = False) -> LoadedModel:
-    """The model asked for; its labels go to the request metrics (see service.app.RequestObserver),
+    """The model asked for; its labels go to the request metrics (see service.rest.app.RequestObserver),
     and to the statistics for an inference request."""
     labels = environ[METRIC_LABELS] = ["", "", protocol]
     environ[INFERENCE] = inference
@@ -42,7 +42,7 @@ def resolve_in(environ: dict, data_plane: DataPlane, name: str, version: str | N
 
 # Read as JSON too: tritonclient sends no Content-Type, and curl -d (as in TensorFlow
 # Serving's own examples) sends the form type, unless access control is on: then
-# service.access refuses the form type (a page elsewhere could send it) before any route.
+# service.rest.access refuses the form type (a page elsewhere could send it) before any route.
 LENIENT = ("", "application/x-www-form-urlencoded")
 
 
@@ -91,7 +91,7 @@ def body_in(environ: dict, settings: Settings) -> bytes:
 
 
 def body_file(environ: dict, folder: Path | None) -> Path | None:
-    """The file in which the front door left a large body (service/nginx.py): a body read from
+    """The file in which the front door left a large body (service/process/nginx.py): a body read from
     the page cache costs a worker a tenth of one read through the socket. Believed only from
     nginx, on gunicorn's unix socket (no REMOTE_ADDR), and only inside nginx's body folder."""
     name = environ.get(BODY_FILE)

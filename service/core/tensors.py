@@ -22,7 +22,7 @@ import numpy as np
 
 from modelcard.card import TensorSpec
 from modelcard.tables import DATATYPE_OF, DATATYPES
-from service.errors import BadRequest
+from service.core.errors import BadRequest
 
 KNOWN = (*DATATYPES, "BYTES")
 MAX_RANK = 8

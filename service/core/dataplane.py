@@ -3,8 +3,8 @@
 A codec turns wire bytes into an `InferenceRequest`; the data plane resolves the model, checks
 every input against the card's signature (names, datatypes, shapes with -1, the batch limit),
 runs onnxruntime, records the inference metrics, ranks the outputs asked for as classes
-(service/classification.py) and returns an `InferenceResponse`, which the codec encodes.
-Errors are `service.errors` exceptions that carry their status; each transport maps them once.
+(service/core/classification.py) and returns an `InferenceResponse`, which the codec encodes.
+Errors are `service.core.errors` exceptions that carry their status; each transport maps them once.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from modelcard.card import TensorSpec
-from service import classification, metrics
-from service.errors import BadRequest, PayloadTooLarge
-from service.registry import ModelRegistry
+from service.core import classification, metrics
+from service.core.errors import BadRequest, PayloadTooLarge
+from service.core.tensors import conform, quote
+from service.repository.registry import ModelRegistry
+from service.repository.version_folder import LoadedModel
 from service.settings import Settings
-from service.tensors import conform, quote
-from service.version_folder import LoadedModel
 
 log = logging.getLogger(__name__)
 

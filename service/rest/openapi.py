@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 
 from service import __version__
-from service.access import PUBLIC
+from service.rest.access import PUBLIC
 
 JSON = "application/json"
 

@@ -1,6 +1,6 @@
 """Triton's statistics extension: counts and durations per model version since the server started.
 
-Read from the Prometheus samples that every process writes (service/metrics.py), so that the
+Read from the Prometheus samples that every process writes (service/core/metrics.py), so that the
 figures are summed across gunicorn's workers and the gRPC processes, as /metrics is.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from service import metrics
-from service.registry import ModelRegistry
+from service.core import metrics
+from service.repository.registry import ModelRegistry
 
 # The samples read, and the total each one adds to; requests are split by outcome.
 TOTALS = {

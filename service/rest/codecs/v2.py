@@ -14,10 +14,10 @@ import re
 import numpy as np
 
 from modelcard.card import TensorSpec
-from service.codecs.json import dumps, parse_object
-from service.dataplane import InferenceRequest, InferenceResponse, RequestedOutput
-from service.errors import BadRequest
-from service.tensors import datatype_of, from_bytes, from_json, may_hold_booleans, quote, to_bytes
+from service.core.dataplane import InferenceRequest, InferenceResponse, RequestedOutput
+from service.core.errors import BadRequest
+from service.core.tensors import datatype_of, from_bytes, from_json, may_hold_booleans, quote, to_bytes
+from service.rest.codecs.json import dumps, parse_object
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DIGITS = re.compile(r"[0-9]{1,12}")

@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 
 from modelcard.card import ModelCard, TensorSpec
-from service.codecs.json import native
-from service.dataplane import InferenceRequest, InferenceResponse
-from service.errors import BadRequest
-from service.tensors import numbers, quote
+from service.core.dataplane import InferenceRequest, InferenceResponse
+from service.core.errors import BadRequest
+from service.core.tensors import numbers, quote
+from service.rest.codecs.json import native
 
 SIGNATURE = "serving_default"
 

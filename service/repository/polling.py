@@ -15,8 +15,8 @@ import time
 import weakref
 from collections.abc import Callable
 
-from service import metrics
-from service.registry import ModelRegistry
+from service.core import metrics
+from service.repository.registry import ModelRegistry
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from service.access import EXPOSED_HEADERS
+from service.rest.access import EXPOSED_HEADERS
 from service.settings import Settings
 
 # nginx's own answers, as the JSON errors the API promises ({"error": "..."}).
@@ -38,15 +38,15 @@ ERROR_PAGES = "/.front-door-errors/"
 # CPU, against 3.3 ms through the unix socket, with nginx spared reading the file back.
 LARGE_BODY_DIGITS = 7
 LARGE_BODIES = "/.front-door-large-bodies"
-BODY_FILE_HEADER = "X-Front-Door-Body-File"  # service.protocols.common.BODY_FILE
+BODY_FILE_HEADER = "X-Front-Door-Body-File"  # service.rest.protocols.common.BODY_FILE
 # nginx reads a request's head into buffers of HEADER_BUFFER_BYTES: the request line, and each
 # header line, must fit in one (else its 414, or 400), and the whole head in HEADER_BUFFERS of them.
 HEADER_BUFFERS = 4
 HEADER_BUFFER_BYTES = 8192  # nginx's default; gunicorn takes request lines of 8190 bytes at most
-# The X-Request-ID a client may choose, as service.app.CLIENT_ID (the app's, not imported: it
+# The X-Request-ID a client may choose, as service.rest.app.CLIENT_ID (the app's, not imported: it
 # would load onnxruntime into the launcher); nginx makes one up otherwise.
 CLIENT_ID = r"[A-Za-z0-9._:@/+=-]{1,128}"
-# nginx's own answers in the access log, the keys of service.access_log's: only printable ASCII
+# nginx's own answers in the access log, the keys of service.process.access_log's: only printable ASCII
 # is written as sent (the path still percent-encoded), as nginx cannot escape other bytes in JSON.
 ACCESS_LOG = f"""map $request $front_door_method {{ "~^([A-Z]+) " $1; }}  # error pages are GETs
     map $request_uri $front_door_path {{ "~^([!-~]*?)(\\?[!-~]*)?$" $1; "~." "(not printable ASCII)"; }}
@@ -85,7 +85,7 @@ def gunicorn_limits() -> list[str]:
 
 
 def cors(settings: Settings) -> tuple[str, str]:
-    """nginx's own answers (a 413, a 502) with the CORS headers service.access gives the app's,
+    """nginx's own answers (a 413, a 502) with the CORS headers service.rest.access gives the app's,
     so that a page of a listed origin can read them too: (maps for the http block, add_header
     directives for the error pages), or nothing while SERVING_CORS_ORIGINS is unset."""
     if not settings.cors_origins:
@@ -115,7 +115,7 @@ def render(settings: Settings, runtime: Path, upstream: Path) -> str:
         f"{cors_headers}return {CLIENT_STATUS.get(code, code)} '{json.dumps({'error': message})}'; }}"
         for code, message in ERRORS.items())
     timeout = settings.client_timeout
-    return f"""# Written by service/nginx.py at start; edits are lost.
+    return f"""# Written by service/process/nginx.py at start; edits are lost.
 worker_processes 1;
 pid {runtime}/nginx.pid;
 error_log stderr error;

@@ -47,7 +47,7 @@ LOAD_FAILURES = Counter(
     "Failed loads of a model version: one per process start, and one per change of its folder.",
     ["model", "version"],
 )
-# What the statistics extension reports (service/stats.py) beyond the above.
+# What the statistics extension reports (service/core/stats.py) beyond the above.
 INFERENCE_REQUESTS = Summary(
     "serving_inference_request_duration_seconds",
     "Inference requests (v2 infer, TF Serving predict and explain, gRPC ModelInfer) by model, "
@@ -108,7 +108,7 @@ def observe_inference_request(model: str, version: str, succeeded: bool, seconds
 
 
 def record_changes(changes) -> None:
-    """What a registry refresh did (service.registry.Change). An unloaded version stays at 0:
+    """What a registry refresh did (service.repository.registry.Change). An unloaded version stays at 0:
     multiprocess mode cannot drop a sample another process may still write."""
     for change in changes:
         if change.version is None:  # the model's version policy

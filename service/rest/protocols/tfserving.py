@@ -5,11 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import MethodNotAllowed
 
-from service.codecs import tfserving as codec
-from service.codecs.json import dumps, parse_object
-from service.dataplane import DataPlane
-from service.errors import BadRequest, ModelNotFound
-from service.protocols.common import (
+from service.core.dataplane import DataPlane
+from service.core.errors import BadRequest, ModelNotFound
+from service.core.tensors import may_hold_booleans
+from service.rest.codecs import tfserving as codec
+from service.rest.codecs.json import dumps, parse_object
+from service.rest.protocols.common import (
     body_in,
     check_content_type_in,
     json_response,
@@ -17,7 +18,6 @@ from service.protocols.common import (
     resolve,
     resolve_in,
 )
-from service.tensors import may_hold_booleans
 
 blueprint = Blueprint("tfserving", __name__)
 VERBS = ("predict", "explain")
@@ -55,7 +55,7 @@ def model_metadata(name: str, version: str | None = None):
 @blueprint.post("/v1/models/<name_verb>")
 @blueprint.post("/v1/models/<name>/versions/<name_verb>")
 def model_call(name_verb: str, name: str | None = None):
-    """POST is answered by the hot path in front of Flask (service/protocols/hot_path.py) with
+    """POST is answered by the hot path in front of Flask (service/rest/protocols/hot_path.py) with
     the same `call`; the rules keep the routes in the URL map: 405 for other methods, OpenAPI."""
     payload, headers = call(request.environ, plane(), name_verb, name)
     return Response(payload, headers=headers)

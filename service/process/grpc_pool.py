@@ -1,6 +1,6 @@
-"""The gRPC server processes, as the launcher (service/__main__.py) keeps them: spawned, watched,
+"""The gRPC server processes, as the launcher (service/process/launcher.py) keeps them: spawned, watched,
 replaced, reloaded and stopped. No grpc import here: the launcher never holds a gRPC server, and
-each process is a fresh interpreter (`python -m service.grpc_server`), never a fork of one.
+each process is a fresh interpreter (`python -m service.grpc.server`), never a fork of one.
 
 - start: `count` processes, one after another, each waited for until it serves (it writes a
   byte to a pipe once its server has started);
@@ -21,7 +21,7 @@ import sys
 import time
 
 STARTUP_SECONDS = 120  # the process loads every model before it serves
-COMMAND = [sys.executable, "-m", "service.grpc_server"]
+COMMAND = [sys.executable, "-m", "service.grpc.server"]
 
 
 def mark_dead(pid: int) -> None:

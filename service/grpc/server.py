@@ -1,12 +1,12 @@
 """The Open Inference Protocol over gRPC: one server process, over the same data plane as REST.
 
-`python -m service` (service/__main__.py) starts SERVING_WORKERS of these processes, each a fresh
-interpreter (`python -m service.grpc_server`), all bound to SERVING_GRPC_BIND with SO_REUSEPORT so
+`python -m service` (service/process/launcher.py) starts SERVING_WORKERS of these processes, each a fresh
+interpreter (`python -m service.grpc.server`), all bound to SERVING_GRPC_BIND with SO_REUSEPORT so
 that the kernel spreads connections among them. gRPC's core runs threads of its own, and a
 process that forks after a gRPC server exists inherits a broken copy of them: so nothing here
 forks, and the launcher never imports grpc (it only spawns and watches).
 
-Each process loads the model repository itself and polls it (service/polling.py; the readiness
+Each process loads the model repository itself and polls it (service/repository/polling.py; the readiness
 rule is ModelRegistry.ready, as for REST), serves the protocol's service, the standard health
 service (grpc.health.v1: SERVING when ready, NOT_SERVING otherwise and during shutdown, updated
 after each poll that changed something) and server reflection, and counts its calls in the shared
@@ -45,12 +45,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from service import __version__, metrics, polling
-from service.access import Keys
-from service.codecs import grpc as codec
-from service.dataplane import DataPlane
-from service.errors import BadRequest, ModelNotReady, ServiceError
-from service.registry import ModelRegistry
+from service import __version__
+from service.core import metrics
+from service.core.dataplane import DataPlane
+from service.core.errors import BadRequest, ModelNotReady, ServiceError
+from service.grpc import codec
+from service.repository import polling
+from service.repository.registry import ModelRegistry
+from service.rest.access import Keys
 from service.settings import Settings
 from service.stubs import messages, services
 
@@ -520,7 +522,7 @@ def build_server(plane: DataPlane, settings: Settings) -> tuple[grpc.Server, hea
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.grpc_server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m service.grpc.server", description=__doc__.split("\n")[0])
     parser.add_argument("--ready-fd", type=int, help="write one byte to this file descriptor once serving")
     args = parser.parse_args(argv)
     try:

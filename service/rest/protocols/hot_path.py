@@ -3,8 +3,8 @@
 A single-row prediction spends about 100 us in Flask's request machinery (context, URL map,
 Response object), a fifth of a worker's time per request. The inference routes, v2's
 `POST .../infer` and TF Serving's `POST /v1/models/...:predict` (and `:explain`), are answered
-here with the same functions their Flask routes call (service.protocols.v2.infer,
-service.protocols.tfserving.call) and the one error mapping (service.errors.answer).
+here with the same functions their Flask routes call (service.rest.protocols.v2.infer,
+service.rest.protocols.tfserving.call) and the one error mapping (service.core.errors.answer).
 Everything else, other methods on these paths included, goes on to Flask.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from http import HTTPStatus
 
-from service.dataplane import DataPlane
-from service.errors import answer
-from service.protocols import tfserving, v2
+from service.core.dataplane import DataPlane
+from service.core.errors import answer
+from service.rest.protocols import tfserving, v2
 
 # The POST routes answered here and what answers them; like Flask's `<name>`, each group is one
 # path segment.
