@@ -12,8 +12,9 @@ import pytest
 
 from modelcard.card import ModelCard
 from modelcard.tables import DATATYPE_OF, DATATYPES
-from service.core.dataplane import DataPlane, InferenceRequest, RequestedOutput
+from service.core.dataplane import DataPlane
 from service.core.errors import BadRequest, PayloadTooLarge
+from service.core.types import InferenceRequest, RequestedOutput
 from service.repository.registry import ModelRegistry
 from service.rest.codecs import tfserving as tf_codec
 from service.rest.codecs import v2 as v2_codec

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,33 +18,12 @@ from modelcard.card import TensorSpec
 from service.core import classification, metrics
 from service.core.errors import BadRequest, PayloadTooLarge
 from service.core.tensors import conform, quote
+from service.core.types import InferenceRequest, InferenceResponse, RequestedOutput
 from service.repository.registry import ModelRegistry
 from service.repository.version_folder import LoadedModel
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RequestedOutput:
-    name: str
-    parameters: dict = field(default_factory=dict)
-
-
-@dataclass
-class InferenceRequest:
-    inputs: dict[str, np.ndarray]  # as decoded, in the datatype the client declared
-    outputs: list[RequestedOutput] | None = None  # None: every output
-    id: str | None = None
-    parameters: dict = field(default_factory=dict)
-
-
-@dataclass
-class InferenceResponse:
-    model: LoadedModel
-    outputs: dict[str, np.ndarray]  # in the order asked for; BYTES as object arrays of bytes
-    id: str | None = None
-    parameters: dict = field(default_factory=dict)
 
 
 class DataPlane:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from modelcard.card import ModelCard, TensorSpec
-from service.core.dataplane import InferenceRequest, InferenceResponse
 from service.core.errors import BadRequest
 from service.core.tensors import numbers, quote
+from service.core.types import InferenceRequest, InferenceResponse
 from service.rest.codecs.json import native
 
 SIGNATURE = "serving_default"
