@@ -50,7 +50,7 @@ import numpy as np
 
 from bench.harness import ROOT, free_port, front_door, memory
 from modelcard import forward
-from service.repository.registry import is_version, shown
+from service.repository.scan import is_version, shown
 
 MODELS = ROOT / "models"
 WORKERS = 2
@@ -503,7 +503,7 @@ class Writer(threading.Thread):
             self.watch_broken(Entry(self.repository / model / name, model, None), since, "version folder",
                               where, "not a version")
         elif roll < 0.5:
-            # Not UTF-8 either: the index shows the byte escaped (service.repository.registry.shown).
+            # Not UTF-8 either: the index shows the byte escaped (service.repository.scan.shown).
             name = self.rng.choice([f"bad name! {n}", f"lost+found{n}", os.fsdecode(b"caf\xe9-%d" % n)])
             model_folder(name)(self.repository, model, 0)
             self.watch_broken(Entry(self.repository / name, model, None), since, "model folder",
