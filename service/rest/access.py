@@ -21,7 +21,7 @@ refused to a page elsewhere, and any other client can send any Origin anyway.
 
 Answers to an allowed origin carry Access-Control-Allow-Origin, errors included. Keys are held as
 SHA-256 digests and compared in constant time; no message, log line or repr shows one. The
-launcher never imports grpc, so the gRPC interceptor lives in service/grpc/server.py, over Keys.
+launcher never imports grpc, so the gRPC interceptor lives in service/grpc/guard.py, over Keys.
 """
 
 from __future__ import annotations
