@@ -80,7 +80,7 @@ def grpc_counts(url: str) -> dict[str, float]:
 
 def grpc_processes(server: Server) -> list[int]:
     return sorted(pid for pid, (_, command) in server.descendants().items()
-                  if "service.grpc_server" in command)
+                  if "service.grpc.server" in command)
 
 
 def h2load(server: Server, port: int, body: Path, connections: int, in_flight: int, seconds: int,

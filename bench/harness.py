@@ -5,7 +5,7 @@
 - `gunicorn`: gunicorn alone on a loopback port, with any arguments (the baseline, the ceiling,
   or the service without its front door);
 - `behind_front_door`: any WSGI app on gunicorn behind the same nginx, its configuration
-  rendered by service.nginx.render and both processes started as service/__main__.py starts
+  rendered by service.process.nginx.render and both processes started as service/process/launcher.py starts
   them (the raw-WSGI ceiling behind the front door).
 
 Each yields a `Server` whose processes are found by walking /proc from the processes started:
@@ -231,10 +231,10 @@ def gunicorn(arguments: list[str], environment: dict, log: Path,
 def behind_front_door(arguments: list[str], environment: dict, log: Path,
                       ready: Callable[[str, Path], bool] = digits_answer):
     """gunicorn with these arguments (an app and its workers) on a unix socket, behind the
-    service's nginx: the configuration from service.nginx.render with the same settings, both
-    started as service/__main__.py starts them."""
-    from service import nginx
-    from service.__main__ import find_nginx
+    service's nginx: the configuration from service.process.nginx.render with the same settings, both
+    started as service/process/launcher.py starts them."""
+    from service.process import nginx
+    from service.process.launcher import find_nginx
     from service.settings import Settings
 
     port = free_port()
@@ -247,7 +247,7 @@ def behind_front_door(arguments: list[str], environment: dict, log: Path,
     runtime = Path(tempfile.mkdtemp(prefix="bench-front-door-"))
     upstream = runtime / "gunicorn.sock"
     text = nginx.render(settings, runtime, upstream)
-    if os.geteuid() == 0:  # as service/__main__.py: nginx's workers must reach the socket
+    if os.geteuid() == 0:  # as service/process/launcher.py: nginx's workers must reach the socket
         text = "user root root;\n" + text
     (runtime / "nginx.conf").write_text(text)
     processes: list[subprocess.Popen] = []

@@ -296,7 +296,7 @@ def run(folder: Path, rounds: int = ROUNDS, seconds: int = SECONDS, connections:
 
     cores = os.cpu_count() or 1
     workers = int(environment.get("SERVING_WORKERS", cores))
-    threads = int(environment.get("SERVING_THREADS", 1))  # as service/gunicorn.conf.py reads them
+    threads = int(environment.get("SERVING_THREADS", 1))  # as service/process/gunicorn.conf.py reads them
     worker_class = environment.get("SERVING_WORKER_CLASS", "gthread" if threads > 1 else "sync")
     floors = {"a": Floor(imported["model"], 1, cores), "b": Floor(imported["model"], cores, 1)}
     samples = {"floor_a": [], "floor_b": [], "binary": [], "json": [], "load": []}

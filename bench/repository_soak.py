@@ -50,7 +50,7 @@ import numpy as np
 
 from bench.harness import ROOT, free_port, front_door, memory
 from modelcard import forward
-from service.registry import is_version, shown
+from service.repository.scan import is_version, shown
 
 MODELS = ROOT / "models"
 WORKERS = 2
@@ -201,7 +201,8 @@ def reason(url: str, where: Where) -> str:
 
 
 def log_subject(where: Where) -> str:
-    """How the log line of a refusal begins, before its reason (service.registry.Change.message)."""
+    """How the log line of a refusal begins, before its reason
+    (service.repository.registry.Change.message)."""
     name, version = where
     if version is None:
         return f"model {name}: "
@@ -213,10 +214,11 @@ def log_subject(where: Where) -> str:
 
 
 class RegistryLog:
-    """The lines service.registry wrote to the server's log, followed as it grows. Each process
+    """The lines service.repository.registry wrote to the server's log, followed as it grows. Each process
     logs a load or a refusal once, after it serves the new state: counting the lines tells how
     many processes have taken a change in, which requests through a load balancer cannot.
-    gunicorn's workers log as "service.registry:", the gRPC processes as "service.registry[grpc N]:"."""
+    gunicorn's workers log as "service.repository.registry:", the gRPC processes as
+    "service.repository.registry[grpc N]:"."""
 
     def __init__(self, path: Path | str):
         self.path = path
@@ -242,7 +244,7 @@ class RegistryLog:
                     continue
                 *lines, partial = (partial + chunk).split(b"\n")
                 self.lines += [line.decode(errors="replace") for line in lines
-                               if b" service.registry" in line]
+                               if b" service.repository.registry" in line]
 
     def mark(self) -> int:
         return len(self.lines)
@@ -253,7 +255,7 @@ class RegistryLog:
         for line in self.lines[since:]:
             head, said, tail = line.partition(subject)
             if said and word in tail:
-                found["grpc" if "service.registry[grpc" in head else "rest"] += 1
+                found["grpc" if "service.repository.registry[grpc" in head else "rest"] += 1
         return found
 
 
@@ -501,7 +503,7 @@ class Writer(threading.Thread):
             self.watch_broken(Entry(self.repository / model / name, model, None), since, "version folder",
                               where, "not a version")
         elif roll < 0.5:
-            # Not UTF-8 either: the index shows the byte escaped (service.registry.shown).
+            # Not UTF-8 either: the index shows the byte escaped (service.repository.scan.shown).
             name = self.rng.choice([f"bad name! {n}", f"lost+found{n}", os.fsdecode(b"caf\xe9-%d" % n)])
             model_folder(name)(self.repository, model, 0)
             self.watch_broken(Entry(self.repository / name, model, None), since, "model folder",
@@ -599,7 +601,7 @@ class Writer(threading.Thread):
 
 def grpc_processes(server) -> list[int]:
     return sorted(pid for pid, (_, command) in server.descendants().items()
-                  if "service.grpc_server" in command)
+                  if "service.grpc.server" in command)
 
 
 def spread(values: list[float]) -> str:

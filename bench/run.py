@@ -280,7 +280,7 @@ def run_others(servers: dict[str, Server], folder: Path, seconds: int, headline:
 def all_servers(folder: Path, service_env: dict):
     """Every server at once (idle ones cost nothing): the service with and without its front
     door, the baseline, and the ceiling bare and behind the front door."""
-    service_config = ["--config", "service/gunicorn.conf.py"]
+    service_config = ["--config", "service/process/gunicorn.conf.py"]
     bare = ["--workers", str(WORKERS)]
     with contextlib.ExitStack() as stack:
         servers = {
@@ -549,7 +549,7 @@ def run_digits(args: argparse.Namespace) -> dict:
                                 "validation, metrics and JSON access log on",
                      "baseline": "bench/baseline_app.py, gunicorn 2 sync workers",
                      "ceiling": "bench/ceiling_app.py, gunicorn 2 sync workers, bare and behind the "
-                                "service's nginx (service.nginx.render)",
+                                "service's nginx (service.process.nginx.render)",
                      "ratios": "x base and x ceil: medians of the per-round ratios; ratios of the "
                                "medians beside them (of_medians)"},
         "floor_us": floor,

@@ -1,7 +1,7 @@
 """Settings: defaults, then SERVING_* environment variables, then the mapping given to create_app.
 
-One place for every process: the app, gunicorn's config (service/gunicorn.conf.py), the front
-door (service/__main__.py, which starts nginx and gunicorn) and the gRPC processes all read
+One place for every process: the app, gunicorn's config (service/process/gunicorn.conf.py), the front
+door (service/process/launcher.py, which starts nginx and gunicorn) and the gRPC processes all read
 `Settings.load()`. Each setting is declared once, below, with its type, default, rule and one
 line of documentation; docs/settings.md is written from these declarations:
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import get_type_hints
 
-from service.version_policy import ALL, VersionPolicy
+from service.repository.version_policy import ALL, VersionPolicy
 
 PREFIX = "SERVING_"
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
@@ -85,7 +85,7 @@ class Settings:
     timeout: int = setting(30, "seconds: gunicorn replaces a worker silent for this long")
     graceful_timeout: int = setting(30, "seconds that requests and gRPC calls in flight get to "
                                     "finish on SIGTERM")
-    # The Open Inference Protocol over gRPC (service/grpc_server.py).
+    # The Open Inference Protocol over gRPC (service/grpc/server.py).
     grpc_bind: str = setting("0.0.0.0:8081", "the gRPC address (see README, gRPC), served by "
                              "`SERVING_WORKERS` processes (SO_REUSEPORT)", pattern=ADDRESS)
     grpc_threads: int = setting(4, "threads per gRPC process that take the calls in turn (more only "
@@ -96,14 +96,14 @@ class Settings:
                                   "beyond")
     grpc_max_streams: int = setting(16, "per gRPC process, streaming calls open at once (health "
                                     "Watch, reflection); RESOURCE_EXHAUSTED beyond")
-    # A worker reads a body from this folder only when nginx says so (service/nginx.py).
+    # A worker reads a body from this folder only when nginx says so (service/process/nginx.py).
     body_files: Path | None = setting(None, "the folder where nginx leaves request bodies of a "
                                       "million bytes or more, for gunicorn (see README, The front "
                                       "door)", by_launcher=True)
-    # Access control (service/access.py; README, Access control): off while no key is set.
+    # Access control (service/rest/access.py; README, Access control): off while no key is set.
     api_keys_file: Path | None = setting(None, "a file of API keys, one per line; keys are then "
                                          "required on the model routes")
-    # Checked by service.access, which never echoes a key.
+    # Checked by service.rest.access, which never echoes a key.
     api_keys: tuple[str, ...] = setting((), "API keys, comma-separated, added to the file's; "
                                         "prefer the file", secret=True)
     public_health: bool = setting(True, "probes carry no token: `/v2/health/*` and gRPC health "
@@ -114,7 +114,7 @@ class Settings:
         (), "origins whose pages may call the API from a browser, comma-separated and exact "
         "(`https://app.example.com`: scheme, host, port, no path), or `*` for any",
         pattern=(ORIGIN, "exact origins such as https://app.example.com, or *"), lower=True)
-    # Roll-outs (README, Roll-outs; service/version_policy.py).
+    # Roll-outs (README, Roll-outs; service/repository/version_policy.py).
     poll_interval: int = setting(10, "seconds between two reads of the repository by each "
                                  "process; 0: only at start and on SIGHUP", may_be_zero=True)
     version_policy: VersionPolicy = setting(ALL, "which versions of a model without a "

@@ -179,14 +179,14 @@ class Server(NamedTuple):
         return sorted(found)
 
     def grpc_processes(self) -> list[int]:
-        """The gRPC server processes (python -m service.grpc_server) below the one started."""
+        """The gRPC server processes (python -m service.grpc.server) below the one started."""
         found = []
         for pid in self.descendants():
             try:
                 command = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"service.grpc_server" in command:
+            if b"service.grpc.server" in command:
                 found.append(pid)
         return found
 
@@ -194,7 +194,8 @@ class Server(NamedTuple):
 @contextlib.contextmanager
 def gunicorn(repository: Path = MODELS, workers: int = 2, **environment):
     """A real gunicorn, with the project's config, on a free loopback port; yields a Server."""
-    command = [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "service" / "gunicorn.conf.py")]
+    config = ROOT / "service" / "process" / "gunicorn.conf.py"
+    command = [sys.executable, "-m", "gunicorn", "--config", str(config)]
     with _serving(command, repository, workers, environment) as running:
         yield running
 

@@ -1,4 +1,4 @@
-"""Access control (service/access.py): API keys on REST and gRPC, the CORS allow-list, form bodies
+"""Access control (service/rest/access.py): API keys on REST and gRPC, the CORS allow-list, form bodies
 refused while either is on, and keys kept out of every log. The middleware is tested on a trivial
 WSGI app; the service's behaviour on real servers: the front door (nginx, gunicorn and the gRPC
 processes) as `make serve` runs it, and gunicorn alone."""
@@ -22,7 +22,7 @@ from werkzeug.test import Client
 from werkzeug.wrappers import Response
 
 from modelcard import forward
-from service.access import AccessControl, Keys, middleware
+from service.rest.access import AccessControl, Keys, middleware
 from service.settings import Settings
 from tests.conftest import MODELS, ROOT, front_door, gunicorn, latest_version
 from tests.test_front_door import exchange
@@ -409,9 +409,9 @@ def test_health_and_metrics_closed_when_configured():
 def test_grpc_health_closed_when_configured():
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from service.dataplane import DataPlane
-    from service.grpc_server import build_server
-    from service.registry import ModelRegistry
+    from service.core.dataplane import DataPlane
+    from service.grpc.server import build_server
+    from service.repository.registry import ModelRegistry
     from service.stubs import messages, services
 
     settings = Settings.load({"api_keys": KEY, "public_health": False}, environ={})

@@ -1,4 +1,4 @@
-"""The JSON access log (service/access_log.py) on a real gunicorn: one line of valid JSON per
+"""The JSON access log (service/process/access_log.py) on a real gunicorn: one line of valid JSON per
 request, whatever the client put in its path or headers, showing the path as the client meant it."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.access_log import client_text
+from service.process.access_log import client_text
 from tests.conftest import gunicorn
 from tests.test_front_door import exchange
 

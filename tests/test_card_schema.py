@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelcard.card import SCHEMA, CardError, ModelCard
-from service.registry import ModelRegistry
-from service.version_policy import ALL, VersionPolicy
+from service.repository.registry import ModelRegistry
+from service.repository.version_policy import ALL, VersionPolicy
 from tests.conftest import MODEL_NAMES, MODELS, latest_version, read_card
 
 

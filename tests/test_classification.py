@@ -1,4 +1,4 @@
-"""The classification extension (service/classification.py): outputs asked for with
+"""The classification extension (service/core/classification.py): outputs asked for with
 `"classification": k` come back as their top k classes, "<value>:<index>:<label>" BYTES strings.
 
 The oracles are independent of the service: for `digits`, the NumPy forward propagation; for the
@@ -25,11 +25,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from modelcard import forward
-from service.codecs import grpc as grpc_codec
-from service.codecs import v2 as v2_codec
-from service.dataplane import DataPlane
-from service.errors import BadRequest
-from service.registry import ModelRegistry
+from service.core.dataplane import DataPlane
+from service.core.errors import BadRequest
+from service.grpc import codec as grpc_codec
+from service.repository.registry import ModelRegistry
+from service.rest.codecs import v2 as v2_codec
 from service.settings import Settings
 from service.stubs import messages
 from tests.conftest import PARITY, front_door, latest_version

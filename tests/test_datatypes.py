@@ -12,11 +12,12 @@ import pytest
 
 from modelcard.card import ModelCard
 from modelcard.tables import DATATYPE_OF, DATATYPES
-from service.codecs import tfserving as tf_codec
-from service.codecs import v2 as v2_codec
-from service.dataplane import DataPlane, InferenceRequest, RequestedOutput
-from service.errors import BadRequest, PayloadTooLarge
-from service.registry import ModelRegistry
+from service.core.dataplane import DataPlane
+from service.core.errors import BadRequest, PayloadTooLarge
+from service.core.types import InferenceRequest, RequestedOutput
+from service.repository.registry import ModelRegistry
+from service.rest.codecs import tfserving as tf_codec
+from service.rest.codecs import v2 as v2_codec
 from service.settings import Settings
 from tests.conftest import gunicorn
 from tests.echo_model import DTYPES, NAME, TOKEN_RANGE, sample, write_echo_model

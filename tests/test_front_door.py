@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from modelcard import forward
-from service import nginx
-from service.nginx import HEADER_BUFFER_BYTES, HEADER_BUFFERS
+from service.process import nginx
+from service.process.nginx import HEADER_BUFFER_BYTES, HEADER_BUFFERS
 from tests.conftest import front_door, gunicorn, latest_version
 
 ROW = [25.0, 7.5, 2500.0, 5.5]
@@ -224,7 +224,7 @@ def test_the_front_doors_own_answers_are_in_the_access_log(nginx_door, raw, fiel
 
 
 def test_a_request_id_nginx_makes_up_is_one_the_app_would_echo():
-    from service import app
+    from service.rest import app
 
     assert app.CLIENT_ID.pattern == nginx.CLIENT_ID
 
@@ -275,7 +275,7 @@ def test_a_body_shorter_than_its_content_length_is_a_400(door):
 
 
 def test_an_answer_given_before_the_body_is_read_arrives_whole(door):
-    """A worker closes at once only when nothing is left unread (service/gunicorn.conf.py):
+    """A worker closes at once only when nothing is left unread (service/process/gunicorn.conf.py):
     here the body is never read (no such model), and closing over it would reset the
     connection and lose the answer."""
     body = b"x" * (LIMIT - 100)

@@ -1,6 +1,6 @@
 """The Open Inference Protocol over gRPC.
 
-The codec without a server (service/codecs/grpc.py over the generated stubs), then a real service
+The codec without a server (service/grpc/codec.py over the generated stubs), then a real service
 started by the launcher (`python -m service`, tests.conftest.front_door) answering
 tritonclient.grpc with raw tensors and a typed-contents client built on tritonclient's own protos
 (an independent copy of the field numbers): the built-in models against the NumPy forward
@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 from modelcard.tables import DATATYPE_OF
-from service.codecs import grpc as codec
-from service.dataplane import DataPlane
-from service.errors import BadRequest
-from service.registry import ModelRegistry
+from service.core.dataplane import DataPlane
+from service.core.errors import BadRequest
+from service.grpc import codec
+from service.repository.registry import ModelRegistry
 from service.settings import Settings
 from service.stubs import messages
 from tests.conftest import MODEL_NAMES, PARITY, front_door, latest_version, metric_value

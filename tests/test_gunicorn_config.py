@@ -1,4 +1,4 @@
-"""service/gunicorn.conf.py on real gunicorn processes: what a server leaves on the machine, and
+"""service/process/gunicorn.conf.py on real gunicorn processes: what a server leaves on the machine, and
 what two servers side by side must not share."""
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import create_app, untrusted_files
-from service.registry import ModelRegistry
-from service.untrusted_files import UnsafeFile
+from service import create_app
+from service.repository import untrusted_files
+from service.repository.registry import ModelRegistry
+from service.repository.untrusted_files import UnsafeFile
 from tests.conftest import MODELS
 
 VERSION = 2
@@ -177,7 +178,7 @@ def test_folders_that_name_no_version_or_model_are_listed_with_the_reason_and_lo
     # A link within the repository is followed; the hidden folder it leads to is a staging area.
     (repository / "demand" / "3").symlink_to(new_version(repository, "demand", version=3).rename(
         repository / "demand" / ".store"))
-    caplog.set_level(logging.ERROR, logger="service.registry")
+    caplog.set_level(logging.ERROR, logger="service.repository.registry")
 
     registry = ModelRegistry(repository)
     registry.refresh()
@@ -247,7 +248,7 @@ def test_the_ready_answer_of_a_stale_version_says_so(tmp_path):
     assert stale["state"] == "READY" and "refused" in stale["reason"]
 
     # gRPC's ModelReady has no field for it: the trailing metadata says it.
-    from service.grpc_server import InferenceServicer
+    from service.grpc.server import InferenceServicer
     from service.stubs import messages
 
     class Context:

@@ -17,7 +17,7 @@ import yaml
 from kserve_crds import load_crds, problems, scope, validator
 from test_manifests import with_api_keys
 
-from service.grpc_server import SERVICE
+from service.grpc.server import SERVICE
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

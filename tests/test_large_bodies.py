@@ -1,5 +1,5 @@
 """Large bodies through the front door: nginx hands gunicorn a file instead of the bytes
-(service/nginx.py), and a client can never name that file itself."""
+(service/process/nginx.py), and a client can never name that file itself."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import tritonclient.http as triton
 from sklearn.datasets import load_digits
 
 from modelcard import forward
-from service.nginx import LARGE_BODY_DIGITS
+from service.process.nginx import LARGE_BODY_DIGITS
 from tests.conftest import front_door, gunicorn, latest_version
 
 LARGE = 10 ** (LARGE_BODY_DIGITS - 1)  # the smallest body nginx hands over as a file

@@ -301,13 +301,13 @@ def test_grace_period_covers_prestop_and_gunicorn_drain(pod):
 
 
 def test_gunicorn_reads_the_settings_the_manifests_set(pod, monkeypatch, tmp_path):
-    """service/gunicorn.conf.py under the container's environment: the workers and drain time."""
+    """service/process/gunicorn.conf.py under the container's environment: the workers and drain time."""
     where, spec, _ = pod
     variables = env(server(spec))
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # or the config makes its own
-    config = runpy.run_path(str(ROOT / "service" / "gunicorn.conf.py"))
+    config = runpy.run_path(str(ROOT / "service" / "process" / "gunicorn.conf.py"))
     assert config["workers"] == int(variables["SERVING_WORKERS"]), where
     assert config["graceful_timeout"] == int(variables["SERVING_GRACEFUL_TIMEOUT"]), where
     assert config["bind"].rsplit(":", 1)[1] == str(served_ports(server(spec))[0]), where

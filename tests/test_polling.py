@@ -22,11 +22,11 @@ from urllib.parse import urlparse
 
 import pytest
 
-from service import polling
-from service.errors import ModelNotFound, ModelNotReady
-from service.registry import ModelRegistry
+from service.core.errors import ModelNotFound, ModelNotReady
+from service.repository import polling
+from service.repository.registry import ModelRegistry
+from service.repository.version_policy import VersionPolicy
 from service.settings import Settings
-from service.version_policy import VersionPolicy
 from tests.conftest import MODELS, front_door, gunicorn, metric_value
 from tests.test_reliability import DEMAND, EXPECTED, ClientThreads, Load, truncate, wait_for
 

@@ -79,7 +79,7 @@ def test_a_broken_model_is_reported_and_the_others_served(tmp_path, fault, caplo
     damage, reason = FAULTS[fault]
     repository = copy_repository(tmp_path)
     damage(repository / "digits" / "1")
-    caplog.set_level(logging.ERROR, logger="service.registry")
+    caplog.set_level(logging.ERROR, logger="service.repository.registry")
     client = create_app({"model_repository": repository}).test_client()
 
     ready = client.get("/v2/health/ready")

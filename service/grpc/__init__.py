@@ -1,0 +1,2 @@
+"""The Open Inference Protocol over gRPC: the server process and its codec (the stubs are
+generated into service/stubs)."""
