@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -328,3 +329,22 @@ def medians(rounds: list[dict], rows: int) -> dict:
         "cpu_us_per_request": {part: statistics.median(r["cpu_us_per_request"][part] for r in rounds)
                                for part in rounds[0]["cpu_us_per_request"]},
     }
+
+
+class ClientThreads:
+    """Threads running `target` (the subclass's `run` unless given) from entering the context
+    until leaving it (`self.stopping` is set then)."""
+
+    def __init__(self, threads: int, target: Callable[[], None] | None = None):
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=target or self.run) for _ in range(threads)]
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=30)

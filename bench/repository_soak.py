@@ -48,7 +48,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from bench.harness import ROOT, free_port, front_door, memory
+from bench.harness import ROOT, ClientThreads, free_port, front_door, memory
 from modelcard import forward
 from service.repository.scan import is_version, shown
 
@@ -339,29 +339,18 @@ class Oracle:
             raise AssertionError(f"{self.model} version {version}: {values} instead of {self.expected}")
 
 
-class Clients:
+class Clients(ClientThreads):
     """Threads sending default-version requests to every model in turn until stopped: REST v2
     JSON through nginx (a fresh connection each, so either worker) and gRPC (a channel each)."""
 
     def __init__(self, url: str, grpc_address: str, oracles: list[Oracle], good: dict[str, set[str]],
                  rest: int, grpc: int):
+        super().__init__(rest, self.rest)
+        self.threads += [threading.Thread(target=self.grpc) for _ in range(grpc)]
         self.url, self.grpc_address, self.oracles, self.good = url, grpc_address, oracles, good
         self.sent, self.failed = Counter(), Counter()
         self.failures: list[str] = []
         self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.rest) for _ in range(rest)]
-        self.threads += [threading.Thread(target=self.grpc) for _ in range(grpc)]
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
 
     def count(self, protocol: str, error: Exception | None) -> None:
         with self.lock:

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
+from bench.harness import ClientThreads
 from modelcard import forward
 from service import create_app
 from tests.conftest import MODELS, gunicorn, latest_version, metric_value
@@ -131,25 +132,6 @@ def test_a_repository_with_nothing_to_serve(tmp_path, layout):
 
 
 # --- load --------------------------------------------------------------------------------------
-
-class ClientThreads:
-    """Threads running the subclass's `run` from entering the context until leaving it
-    (`self.stopping` is set then)."""
-
-    def __init__(self, threads: int):
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-
 
 class Load(ClientThreads):
     """Client threads sending demand requests until stopped; counts answers, checks each one."""

@@ -16,8 +16,8 @@ import numpy as np
 
 from modelcard.card import TensorSpec
 from service.core import classification, metrics
-from service.core.errors import BadRequest, PayloadTooLarge
-from service.core.tensors import conform, quote
+from service.core.errors import BadRequest, PayloadTooLarge, quote
+from service.core.tensors import conform
 from service.core.types import InferenceRequest, InferenceResponse, RequestedOutput
 from service.repository.registry import ModelRegistry
 from service.repository.version_folder import LoadedModel

@@ -10,6 +10,14 @@ import orjson
 
 log = logging.getLogger(__name__)
 
+SHORT = 40  # characters of a client's text quoted back in an error
+
+
+def quote(text) -> str:
+    """A client's string, quoted and cut short so that errors never echo large input."""
+    text = str(text)
+    return repr(text) if len(text) <= SHORT else repr(text[:SHORT]) + f"... ({len(text)} characters)"
+
 
 class ServiceError(Exception):
     status = 500
@@ -26,15 +34,11 @@ class BadRequest(ServiceError):
 class ModelNotFound(ServiceError):
     status = 404
 
-    def __init__(self, name: str, version: str | int | None = None):
-        from service.core.tensors import SHORT, quote  # tensors imports this module
-
+    def __init__(self, name: str, version: int | str | None = None):
+        """`version`: a number, shown as it is, or a client's text that is no version, quoted."""
         where = f"model {quote(name)}"
-        if version is not None:  # a number, or a client's text that the registry quoted already
-            text = str(version)
-            if len(text) > SHORT:
-                text = f"{text[:SHORT]}... ({len(text)} characters)"
-            where += f" version {text}"
+        if version is not None:
+            where += f" version {version if isinstance(version, int) else quote(version)}"
         super().__init__(f"{where} not found")
 
 

@@ -22,22 +22,15 @@ import numpy as np
 
 from modelcard.card import TensorSpec
 from modelcard.tables import DATATYPE_OF, DATATYPES
-from service.core.errors import BadRequest
+from service.core.errors import BadRequest, quote
 
 KNOWN = (*DATATYPES, "BYTES")
 MAX_RANK = 8
-SHORT = 40  # characters of a client's text quoted back in an error
 # A float beyond a narrower float's range casts to inf, which `conform` refuses with a 400;
 # NumPy's warning about it would only fill the log (set once: np.errstate per request costs
 # more than the cast).
 warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, __name__)
 warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning, __name__)
-
-
-def quote(text) -> str:
-    """A client's string, quoted and cut short so that errors never echo large input."""
-    text = str(text)
-    return repr(text) if len(text) <= SHORT else repr(text[:SHORT]) + f"... ({len(text)} characters)"
 
 
 def datatype_of(values: np.ndarray) -> str:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from modelcard.card import TensorSpec
-from service.core.errors import BadRequest
-from service.core.tensors import check_datatype, check_shape, datatype_of, from_bytes, quote, to_bytes
+from service.core.errors import BadRequest, quote
+from service.core.tensors import check_datatype, check_shape, datatype_of, from_bytes, to_bytes
 from service.core.types import InferenceRequest, InferenceResponse, RequestedOutput
 from service.repository.version_folder import LoadedModel
 from service.stubs import messages

@@ -306,7 +306,7 @@ class ModelRegistry:
             return loaded[number]
         if number in failed:
             raise ModelNotReady(f"model {name!r} version {number} is not ready: {failed[number]}")
-        raise ModelNotFound(name, version)
+        raise ModelNotFound(name, number)
 
     def status(self, name: str) -> dict[int, str | None]:
         """Each loaded or refused version of a model: None when loaded, else why not. 404 for a
@@ -346,5 +346,5 @@ class ModelRegistry:
         """A version from a URL: a positive integer, or 404 (never a path, never a negative)."""
         text = str(version)
         if not is_version(text):
-            raise ModelNotFound(name, repr(text))
+            raise ModelNotFound(name, text)
         return int(text)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from modelcard.card import ModelCard, TensorSpec
-from service.core.errors import BadRequest
-from service.core.tensors import numbers, quote
+from service.core.errors import BadRequest, quote
+from service.core.tensors import numbers
 from service.core.types import InferenceRequest, InferenceResponse
 from service.rest.codecs.json import native
 

@@ -14,8 +14,8 @@ import re
 import numpy as np
 
 from modelcard.card import TensorSpec
-from service.core.errors import BadRequest
-from service.core.tensors import datatype_of, from_bytes, from_json, may_hold_booleans, quote, to_bytes
+from service.core.errors import BadRequest, quote
+from service.core.tensors import datatype_of, from_bytes, from_json, may_hold_booleans, to_bytes
 from service.core.types import InferenceRequest, InferenceResponse, RequestedOutput
 from service.rest.codecs.json import dumps, parse_object
 

@@ -33,7 +33,7 @@ def model_status(name: str, version: str | None = None):
     if version is not None:
         number = registry.version_number(name, version)
         if number not in versions:
-            raise ModelNotFound(name, version)
+            raise ModelNotFound(name, number)
         versions = {number: versions[number]}
     return json_response({"model_version_status": [
         {
