@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
+from werkzeug.exceptions import HTTPException
 
 from modelcard import forward
 from service import create_app
+from service.rest.routes import ROUTES, HotPath
 from service.settings import Settings
 from tests.conftest import MODELS, PARITY, latest_version, metric_value
 
@@ -175,25 +177,50 @@ def test_batch_size_histogram_counts_rows(client, demand_rows):
 # The OpenAPI document
 
 
-def registered_routes(app) -> set[tuple[str, str]]:
-    """(OpenAPI path, method) for every GET and POST rule of the app."""
-    routes = set()
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":  # Flask's own static files rule; its files are served by the page route
-            continue
-        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
-        paths = [f"{VERB_RULES[path]}:{verb}" for verb in VERBS] if path in VERB_RULES else [path]
-        routes |= {(p, method.lower()) for p in paths for method in rule.methods & {"GET", "POST"}}
-    return routes
+def openapi_form(rule: str) -> list[str]:
+    """A rule's OpenAPI paths: `{name}` for `<name>`, and TF Serving's verbs spelt out."""
+    path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule)
+    return [f"{VERB_RULES[path]}:{verb}" for verb in VERBS] if path in VERB_RULES else [path]
 
 
-def test_openapi_is_valid_and_describes_every_route(app, client):
+def test_flask_serves_the_route_table_and_nothing_else(app):
+    table = {(rule, route.method) for route in ROUTES for rule in route.rules}
+    flask = {(rule.rule, method) for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+             for method in rule.methods - {"HEAD", "OPTIONS"}}
+    assert flask == table
+
+
+def test_openapi_is_valid_and_describes_the_route_table(client):
     response = client.get("/openapi.json")
     assert response.status_code == 200
     document = response.get_json()
     validate(document)
     documented = {(path, method) for path, item in document["paths"].items() for method in item}
-    assert documented == registered_routes(app)
+    assert documented == {(path, route.method.lower()) for route in ROUTES for rule in route.rules
+                          for path in openapi_form(rule)}
+
+
+@pytest.mark.parametrize("path", [
+    "/v2/models/digits/infer", "/v2/models/digits/versions/1/infer", "/v2/models/a:b/versions/x/infer",
+    "/v1/models/digits:predict", "/v1/models/digits/versions/1:explain", "/v1/models/x",
+    "/v2/models/digits/infer/", "/v2/models//infer", "/v1/models/a/b/c:predict", "/v2/models/stats",
+    "/v2/repository/index", "/v1/models/digits/versions/1/metadata",
+])
+def test_the_hot_path_takes_exactly_the_hot_rules_with_flasks_segments(app, path):
+    """What the hot path answers, Flask would route to the same function with the same segments."""
+    hot = HotPath(None, None)
+    taken = [(pattern, function) for pattern, function in hot.patterns if pattern.fullmatch(path)]
+    try:
+        endpoint, segments = app.url_map.bind("localhost").match(path, method="POST")
+    except HTTPException:  # no POST rule there: neither takes it
+        assert taken == []
+        return
+    [route] = [route for route in ROUTES if route.endpoint == endpoint]
+    if not route.hot:
+        assert taken == []
+        return
+    [(pattern, hot_function)] = taken[:1]
+    assert hot_function is route.function and pattern.fullmatch(path).groupdict() == segments
 
 
 # A broken, an empty and a missing repository

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from service.core.dataplane import DataPlane
 from service.core.errors import ModelNotFound, ModelNotReady
 from service.repository import polling
 from service.repository.registry import ModelRegistry
@@ -268,19 +269,20 @@ def test_a_repository_that_appears_after_the_start_is_served(tmp_path):
     assert events(models.refresh()) == [("demand", 1, "loaded")] and models.ready
 
 
-def test_the_poller_refreshes_and_ends_with_its_registry(repository):
-    models = ModelRegistry(repository).load()
-    thread = polling.start(models, 1)
+def test_the_poller_refreshes_and_ends_with_its_data_plane(repository):
+    plane = DataPlane(ModelRegistry(repository), Settings())
+    plane.refresh()
+    thread = polling.start(plane, 1)
     write_version(repository, "demand", 2)
     deadline = time.monotonic() + 5
-    while models.get("demand").version != 2:
+    while plane.registry.get("demand").version != 2:
         assert time.monotonic() < deadline, "not polled"
         time.sleep(0.1)
-    del models
+    del plane
     gc.collect()
     thread.join(timeout=5)
     assert not thread.is_alive()
-    assert polling.start(ModelRegistry(repository), 0) is None  # 0: no polling
+    assert polling.start(DataPlane(ModelRegistry(repository), Settings()), 0) is None  # 0: no polling
 
 
 # --- real servers under load ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Triton's classification extension: an output asked for with the parameter `classification: k`
-comes back as its k highest-valued classes instead of its values.
+comes back as its k highest-valued classes instead of its values: a hook of the data plane
+(service/core/hooks.py).
 
 Each row of the output (every dimension but the last, whose entries are the classes the card
 labels) becomes k BYTES strings "<value>:<index>:<label>", highest value first: an output of
@@ -14,10 +15,26 @@ from __future__ import annotations
 import numpy as np
 
 from service.core.errors import BadRequest
+from service.core.hooks import Hook
+from service.core.types import Inference
 from service.repository.version_folder import LoadedModel
 
 PARAMETER = "classification"
 JSON_KINDS = {str: "a string", list: "an array", dict: "an object", type(None): "null"}
+
+
+class Classification(Hook):
+    """The data plane's hook: the counts are checked before the run, the classes ranked after it."""
+
+    def before_run(self, inference: Inference) -> None:
+        counts = requested_counts(inference.model, inference.request.outputs)
+        if counts:
+            inference.notes[PARAMETER] = counts
+
+    def after_run(self, inference: Inference) -> None:
+        outputs = inference.response.outputs
+        for name, count in inference.notes.get(PARAMETER, {}).items():
+            outputs[name] = top_classes(outputs[name], count, inference.model.card.output(name).labels)
 
 
 def requested_counts(model: LoadedModel, requested) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Prometheus metrics, correct across gunicorn workers.
+"""Prometheus metrics, correct across gunicorn workers, recorded by a hook of the data plane
+(`Metrics`: runs, calls, versions loaded or refused).
 
 gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before any worker imports this module; each
 worker then writes its samples to files there and /metrics sums them. Without that
@@ -22,6 +23,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from service.core.hooks import Hook
+from service.core.types import Call, Inference
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -107,19 +111,32 @@ def observe_inference_request(model: str, version: str, succeeded: bool, seconds
     last.set(time.time())
 
 
-def record_changes(changes) -> None:
-    """What a registry refresh did (service.repository.registry.Change). An unloaded version stays at 0:
-    multiprocess mode cannot drop a sample another process may still write."""
-    for change in changes:
-        if change.version is None:  # the model's version policy
-            continue
-        labels = change.name, str(change.version)
-        if change.event in ("loaded", "reloaded"):
-            MODEL_READY.labels(*labels).set(1)
-        elif change.event in ("refused", "unloaded"):
-            MODEL_READY.labels(*labels).set(0)
-        if change.event in ("refused", "kept"):
-            LOAD_FAILURES.labels(*labels).inc()
+class Metrics(Hook):
+    """The data plane's hook: runs, calls, and versions loaded, unloaded or refused. The statistics
+    extension (service/core/stats.py) reads what it records."""
+
+    def after_run(self, inference: Inference) -> None:
+        model = inference.model
+        observe_inference(model.name, str(model.version), inference.rows, inference.input_seconds,
+                          inference.run_seconds)
+
+    def finished(self, call: Call, status: str, succeeded: bool) -> None:
+        seconds = time.perf_counter() - call.started
+        observe_request(call.model, call.version, call.protocol, status, seconds)
+        if call.inference and call.model:  # a resolved model's inference call
+            observe_inference_request(call.model, call.version, succeeded, seconds)
+
+    def loaded(self, name: str, version: int) -> None:
+        MODEL_READY.labels(name, str(version)).set(1)
+
+    def unloaded(self, name: str, version: int) -> None:
+        """It stays at 0: multiprocess mode cannot drop a sample another process may still write."""
+        MODEL_READY.labels(name, str(version)).set(0)
+
+    def refused(self, name: str, version: int, kept: bool) -> None:
+        if not kept:
+            MODEL_READY.labels(name, str(version)).set(0)
+        LOAD_FAILURES.labels(name, str(version)).inc()
 
 
 def current() -> CollectorRegistry:

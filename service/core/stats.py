@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 from service.core import metrics
-from service.repository.registry import ModelRegistry
 
 # The samples read, and the total each one adds to; requests are split by outcome.
 TOTALS = {
@@ -68,17 +67,8 @@ def model_stat(name: str, version: str, total: dict[str, float]) -> dict:
     }
 
 
-def statistics(registry: ModelRegistry, name: str | None = None, version: str | None = None) -> dict:
-    """Every loaded version of every model, of one model, or one version: 404 for an unknown model
-    or version, 503 for one that is not loaded (ModelRegistry.get)."""
-    if name is None:
-        wanted = [(model, number) for model, versions in sorted(registry.models.items())
-                  for number in sorted(versions)]
-    elif version is None:
-        registry.get(name)
-        wanted = [(name, number) for number in sorted(registry.models.get(name, {}))]
-    else:
-        wanted = [(name, registry.get(name, version).version)]
+def statistics(wanted: list[tuple[str, int]]) -> dict:
+    """The statistics of these (model, version) pairs."""
     found = totals()
     return {"model_stats": [model_stat(model, str(number), found.get((model, str(number)), {}))
                             for model, number in wanted]}

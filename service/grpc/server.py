@@ -9,8 +9,10 @@ forks, and the launcher never imports grpc (it only spawns and watches).
 Each process loads the model repository itself and polls it (service/repository/polling.py; the readiness
 rule is ModelRegistry.ready, as for REST), serves the protocol's service, the standard health
 service (grpc.health.v1: SERVING when ready, NOT_SERVING otherwise and during shutdown, updated
-after each poll that changed something) and server reflection, and counts its calls in the shared
-Prometheus folder with protocol="grpc" and the status code's name.
+after each poll that changed something) and server reflection. Every method is an adapter over the
+data plane (service/core/dataplane.py): decode, call, encode; its call is reported to the data
+plane when it ends, so that the metrics hook counts it in the shared Prometheus folder with
+protocol="grpc" and the status code's name.
 
 Errors are mapped once (`status_of`, used by `rpc` and by the checks before a method runs): a
 ServiceError's HTTP status gives the code, with REST's message; anything else is INTERNAL with
@@ -34,16 +36,14 @@ import os
 import signal
 import sys
 import threading
-import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from service import __version__
-from service.core import metrics
 from service.core.dataplane import DataPlane
 from service.core.errors import ModelNotReady
+from service.core.types import Call
 from service.grpc import codec
 from service.grpc.guard import (
     CONNECTION_OPTIONS,
@@ -55,33 +55,27 @@ from service.grpc.guard import (
     status_of,
 )
 from service.repository import polling
-from service.repository.registry import ModelRegistry
 from service.rest.access import Keys
 from service.settings import Settings
 from service.stubs import messages, services
 
 log = logging.getLogger(__name__)
 
-def rpc(counted: bool, inference: bool = False):
-    """A method's errors answered by `status_of`; model calls counted in the metrics, inference
-    calls in the statistics too."""
+def rpc(inference: bool = False):
+    """A method's errors answered by `status_of`; its call to the data plane reported when it ends
+    (counted when it asked for a model: the request metrics, and the statistics for inference)."""
 
     def wrap(method):
         @functools.wraps(method)
         def handler(self, request, context):
-            started = time.perf_counter()
-            labels = ["", ""]  # model and version, once resolved (as REST's resolve())
+            call = Call("grpc", inference=inference)
             code = grpc.StatusCode.OK
             try:
-                return method(self, request, context, labels)
+                return method(self, request, context, call)
             except Exception as error:
                 code, message = status_of(error, method.__name__)
             finally:
-                if counted:
-                    seconds = time.perf_counter() - started
-                    metrics.observe_request(*labels, "grpc", code.name, seconds)
-                    if inference and labels[0]:
-                        metrics.observe_inference_request(*labels, code == grpc.StatusCode.OK, seconds)
+                self.plane.finish(call, code.name, code == grpc.StatusCode.OK)
             context.abort(code, message)
 
         return handler
@@ -93,50 +87,40 @@ class InferenceServicer(services.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane):
         self.plane = plane
 
-    def resolve(self, name: str, version: str, labels: list):
-        model = self.plane.model(name, version or None)
-        labels[:] = model.name, str(model.version)
-        return model
+    @rpc()
+    def ServerLive(self, request, context, call):
+        return messages.ServerLiveResponse(live=self.plane.live())
 
-    @rpc(counted=False)
-    def ServerLive(self, request, context, labels):
-        return messages.ServerLiveResponse(live=True)
+    @rpc()
+    def ServerReady(self, request, context, call):
+        return messages.ServerReadyResponse(ready=self.plane.readiness().ready)
 
-    @rpc(counted=False)
-    def ServerReady(self, request, context, labels):
-        return messages.ServerReadyResponse(ready=self.plane.registry.ready)
+    @rpc()
+    def ServerMetadata(self, request, context, call):
+        return messages.ServerMetadataResponse(**self.plane.server_metadata("grpc"))
 
-    @rpc(counted=False)
-    def ServerMetadata(self, request, context, labels):
-        # What this protocol carries: statistics and the repository index are REST routes.
-        return messages.ServerMetadataResponse(name="onnx-serving", version=__version__,
-                                               extensions=["classification"])
-
-    @rpc(counted=True)
-    def ModelReady(self, request, context, labels):
+    @rpc()
+    def ModelReady(self, request, context, call):
         """ready=false for a version that failed to load; NOT_FOUND for an unknown one (as REST).
         A served version whose files changed and were refused says so in the trailing metadata
         `reason` (REST's ready answer has it in its body)."""
         try:
-            model = self.resolve(request.name, request.version, labels)
+            stale = self.plane.model_ready(request.name, request.version or None, call)
         except ModelNotReady:
             return messages.ModelReadyResponse(ready=False)
-        stale = self.plane.registry.stale(model)
         if stale:
-            reason = f"its files changed and were refused, the copy loaded before serves: {stale}"
-            context.set_trailing_metadata((("reason", reason.encode("ascii", "backslashreplace").decode()),))
+            context.set_trailing_metadata((("reason", stale.encode("ascii", "backslashreplace").decode()),))
         return messages.ModelReadyResponse(ready=True)
 
-    @rpc(counted=True)
-    def ModelMetadata(self, request, context, labels):
-        model = self.resolve(request.name, request.version, labels)
-        return codec.encode_metadata(model, sorted(self.plane.registry.models.get(model.name, {})))
+    @rpc()
+    def ModelMetadata(self, request, context, call):
+        return codec.encode_metadata(*self.plane.model_metadata(request.name, request.version or None, call))
 
-    @rpc(counted=True, inference=True)
-    def ModelInfer(self, request, context, labels):
-        model = self.resolve(request.model_name, request.model_version, labels)
+    @rpc(inference=True)
+    def ModelInfer(self, request, context, call):
+        model = self.plane.model(request.model_name, request.model_version or None, call)
         inference = codec.decode_request(request)
-        response = self.plane.infer(model, inference)
+        response = self.plane.infer(model, inference, call)
         return codec.encode_response(response, codec.raw_outputs(request, response))
 
 
@@ -152,8 +136,8 @@ def reflection_pool():
     return pool
 
 
-def report_health(checker: health.HealthServicer, registry: ModelRegistry) -> None:
-    status = (health_pb2.HealthCheckResponse.SERVING if registry.ready
+def report_health(checker: health.HealthServicer, plane: DataPlane) -> None:
+    status = (health_pb2.HealthCheckResponse.SERVING if plane.readiness().ready
               else health_pb2.HealthCheckResponse.NOT_SERVING)
     for name in ("", SERVICE):
         checker.set(name, status)
@@ -179,7 +163,7 @@ def build_server(plane: DataPlane, settings: Settings) -> tuple[grpc.Server, hea
     services.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     checker = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    report_health(checker, plane.registry)
+    report_health(checker, plane)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                         server, pool=reflection_pool())
     return server, checker
@@ -197,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s[grpc %(process)d]: %(message)s")
-    registry = polling.load(settings)
-    server, checker = build_server(DataPlane(registry, settings), settings)
-    polling.start(registry, settings.poll_interval, functools.partial(report_health, checker))
+    plane = DataPlane(polling.registry(settings), settings)
+    plane.refresh()
+    server, checker = build_server(plane, settings)
+    polling.start(plane, settings.poll_interval, functools.partial(report_health, checker))
     try:
         port = server.add_insecure_port(settings.grpc_bind)
     except RuntimeError:

@@ -30,6 +30,8 @@ POLICY_LIMIT = 64 << 10
 
 
 POLICY_FILE = "version_policy.json"  # in a model's folder: which of its versions to serve
+# What a served version whose folder changed and was refused says, before why.
+STALE = "its files changed and were refused, the copy loaded before serves: "
 
 
 @dataclass(frozen=True)
@@ -320,7 +322,8 @@ class ModelRegistry:
 
     def stale(self, model: LoadedModel) -> str | None:
         """Why a served version's folder no longer holds what is served, or None."""
-        return self.state.stale.get(model.name, {}).get(model.version)
+        why = self.state.stale.get(model.name, {}).get(model.version)
+        return None if why is None else STALE + why
 
     def index(self) -> list[tuple[str, str, bool, str]]:
         """Every folder of the repository as (model, version, ready, reason), from one snapshot: a
@@ -331,8 +334,7 @@ class ModelRegistry:
         entries = []
         for name in sorted(state.names):
             versions = {v: (True, "") for v in state.models.get(name, {})}
-            versions.update({v: (True, f"its files changed and were refused, the copy loaded before "
-                                       f"serves: {why}") for v, why in state.stale.get(name, {}).items()})
+            versions.update({v: (True, STALE + why) for v, why in state.stale.get(name, {}).items()})
             versions.update({v: (False, why) for v, why in state.failures.get(name, {}).items()})
             versions.update({v: (False, f"unloaded: {why}")
                              for v, why in state.unloaded.get(name, {}).items()})

@@ -1,43 +1,33 @@
-"""What the REST routes share: the data plane of this app, the model asked for, bodies, responses.
+"""What the REST routes share: the call to the data plane, bodies, JSON replies.
 
-Each helper has a form over the WSGI environ, for the plain-WSGI hot path
-(service/rest/protocols/hot_path.py), and a Flask form over the current request that calls it."""
+Every route is a plain function of the WSGI environ and the data plane (service/rest/routes.py
+builds Flask's rules and the hot path from one table of them), so none of this needs Flask."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Response, current_app, request
 from gunicorn.http.errors import ParseException
 
-from service.core.dataplane import DataPlane
 from service.core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.repository.version_folder import LoadedModel
+from service.core.types import Call
 from service.rest.codecs.json import dumps
 from service.settings import Settings
 
-METRIC_LABELS = "serving.metric_labels"  # WSGI environ key: [model, version, protocol]
-INFERENCE = "serving.inference"  # WSGI environ key, set on inference routes: counted in the statistics
+CALL = "serving.call"  # WSGI environ key: this request's Call (made by service.rest.app.RequestObserver)
 BODY_FILE = "HTTP_X_FRONT_DOOR_BODY_FILE"  # set by nginx for large bodies (service/process/nginx.py)
+JSON = [("Content-Type", "application/json")]
+
+# What a route answers: status, headers, body.
+Reply = tuple[int, list[tuple[str, str]], bytes]
 
 
-def plane() -> DataPlane:
-    return current_app.extensions["data_plane"]
-
-
-def resolve(name: str, version: str | None, protocol: str, inference: bool = False) -> LoadedModel:
-    return resolve_in(request.environ, plane(), name, version, protocol, inference)
-
-
-def resolve_in(environ: dict, data_plane: DataPlane, name: str, version: str | None,
-               protocol: str, inference: bool = False) -> LoadedModel:
-    """The model asked for; its labels go to the request metrics (see service.rest.app.RequestObserver),
-    and to the statistics for an inference request."""
-    labels = environ[METRIC_LABELS] = ["", "", protocol]
-    environ[INFERENCE] = inference
-    model = data_plane.model(name, version)
-    labels[:2] = model.name, str(model.version)
-    return model
+def call_of(environ: dict, protocol: str, inference: bool = False) -> Call:
+    """This request's call to the data plane, for `protocol`: the data plane names the model in it
+    (the request metrics, the statistics)."""
+    call = environ[CALL]
+    call.protocol, call.inference = protocol, inference
+    return call
 
 
 # Read as JSON too: tritonclient sends no Content-Type, and curl -d (as in TensorFlow
@@ -46,11 +36,7 @@ def resolve_in(environ: dict, data_plane: DataPlane, name: str, version: str | N
 LENIENT = ("", "application/x-www-form-urlencoded")
 
 
-def check_content_type(*allowed: str) -> None:
-    check_content_type_in(request.environ, *allowed)
-
-
-def check_content_type_in(environ: dict, *allowed: str) -> None:
+def check_content_type(environ: dict, *allowed: str) -> None:
     # Read from the environ: werkzeug's parsed request.mimetype costs more than a prediction.
     mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
     if mimetype not in allowed and mimetype not in LENIENT and not mimetype.endswith("+json"):
@@ -59,11 +45,7 @@ def check_content_type_in(environ: dict, *allowed: str) -> None:
         )
 
 
-def body() -> bytes:
-    return body_in(request.environ, plane().settings)
-
-
-def body_in(environ: dict, settings: Settings) -> bytes:
+def body(environ: dict, settings: Settings) -> bytes:
     """The request body, read in one call: werkzeug's stream reads it in 64 KiB pieces, and
     gunicorn copies what it holds on every piece (3.8 ms for a 1.2 MB body, against 1.1 ms).
     A chunked body has no Content-Length: it is read up to the limit and refused past it
@@ -103,5 +85,5 @@ def body_file(environ: dict, folder: Path | None) -> Path | None:
     return path
 
 
-def json_response(document, status: int = 200) -> Response:
-    return Response(dumps(document), status=status, mimetype="application/json")
+def json_reply(document, status: int = 200) -> Reply:
+    return status, list(JSON), dumps(document)
