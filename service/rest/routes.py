@@ -50,7 +50,11 @@ class Route:
     method: str
     rules: tuple[str, ...]
     function: Callable[..., Reply]
-    hot: bool = False  # answered in front of Flask
+    hot: bool = False  # answered in front of Flask: POST only, other methods go on to Flask's 405
+
+    def __post_init__(self):
+        if self.hot and self.method != "POST":
+            raise ValueError(f"{self.endpoint}: only POST routes are answered before Flask")
 
     @property
     def endpoint(self) -> str:
@@ -112,7 +116,6 @@ class HotPath:
         self.plane = plane
         self.patterns = [(re.compile(_pattern(rule)), route.function)
                          for route in routes if route.hot for rule in route.rules]
-        assert all(route.method == "POST" for route in routes if route.hot)
 
     def __call__(self, environ, start_response):
         if environ["REQUEST_METHOD"] == "POST":
