@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable
 
 from service.core import metrics
+from service.repository import optimised_cache
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
 
@@ -26,7 +27,8 @@ def load(settings: Settings) -> ModelRegistry:
     """The registry, read once, its state recorded in the metrics."""
     registry = ModelRegistry(settings.model_repository,
                              (settings.intra_op_threads, settings.inter_op_threads),
-                             settings.version_policy)
+                             settings.version_policy,
+                             optimised_cache.from_setting(settings.model_cache, settings.model_repository))
     metrics.record_changes(registry.refresh())
     return registry
 
