@@ -66,7 +66,7 @@ $(VENV)/.container-installed: $(VENV)/.dev-installed
 	$(PIP) -e ".[serve,train,dev,container]"
 	touch $@
 
-# About five minutes (needs wrk and nginx): the service as users run it (python -m service, nginx
+# About eleven minutes (needs wrk and nginx): the service as users run it (python -m service, nginx
 # in front) against a bare Flask baseline and a raw-WSGI ceiling, the headline in alternating
 # rounds; then an imported MobileNetV3Small against its onnxruntime floor (python -m bench.run --only-image);
 # then the memory of every process with the model cache off and on (python -m bench.memory).

@@ -19,7 +19,7 @@ Last, the memory part (bench/memory.py): the total PSS of every process of the s
 6 workers with the model cache off and on, with an imported ResNet50.
 Prints one table and writes bench/results.json and bench/results.png. About eleven minutes on 2
 cores; `--only-image` (`--only-memory`) runs the image (memory) part alone and updates its key of
-results.json.
+results.json (image_model, models_in_memory).
 """
 
 from __future__ import annotations
@@ -624,7 +624,7 @@ def main() -> int:
                         help="the image part alone; replaces its key (image_model) in --output")
     parser.add_argument("--no-image", action="store_true", help="skip the image part")
     parser.add_argument("--only-memory", action="store_true",
-                        help="the memory part alone (bench/memory.py); replaces its key (memory) in --output")
+                        help="the memory part alone (bench/memory.py); replaces its key (models_in_memory)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory part")
     parser.add_argument("--only-grpc", action="store_true",
                         help="the gRPC part alone (bench/grpc.py); replaces its key (grpc) in --output")
@@ -676,7 +676,7 @@ def main() -> int:
             return 1
     if not args.no_memory and not args.only_image:
         try:
-            results["memory"] = run_memory()
+            results[memory_part.KEY] = run_memory()
         except (memory_part.BenchFailure, RuntimeError) as error:
             print(f"memory part failed: {error}", file=sys.stderr)
             return 1
@@ -691,9 +691,9 @@ def main() -> int:
         print()
     if "image_model" in results:
         print("\n".join(image.lines(results["image_model"])))
-    if "memory" in results and not args.only_image:
+    if memory_part.KEY in results and not args.only_image:
         print()
-        print("\n".join(memory_part.lines(results["memory"])))
+        print("\n".join(memory_part.lines(results[memory_part.KEY])))
     failures = (0 if args.only_image else results["failed_requests"]
                 + results.get("grpc", {}).get("failed_requests", 0)) + \
         results.get("image_model", {}).get("failed_requests", 0)
