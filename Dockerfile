@@ -57,7 +57,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends tini nginx-light \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin serving
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin serving \
+ && install -d -m 0700 -o serving -g serving /var/cache/onnx-serving
 COPY --from=deps /opt/serve /opt/serve
 WORKDIR /app
 COPY modelcard/ modelcard/
@@ -69,6 +70,7 @@ ENV PATH=/opt/serve/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/app \
     SERVING_MODEL_REPOSITORY=/models \
+    SERVING_MODEL_CACHE=/var/cache/onnx-serving \
     SERVING_BIND=0.0.0.0:8000 \
     SERVING_GRPC_BIND=0.0.0.0:8081
 USER 10001

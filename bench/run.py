@@ -15,8 +15,11 @@ them see the same machine; the table shows the medians of the rounds, and every 
 median of the per-round ratios (the ratio of the medians is printed beside it with the rounds).
 The other scenarios are single runs. Then an imported convolutional network (MobileNetV3Small,
 96x96x3, batch 32) served the same way against its own onnxruntime floor (bench/image.py).
-Prints one table and writes bench/results.json and bench/results.png. About five minutes on 2
-cores; `--only-image` runs the image part alone and updates its key of results.json.
+Last, the memory part (bench/memory.py): the total PSS of every process of the service at 2 and
+6 workers with the model cache off and on, with an imported ResNet50.
+Prints one table and writes bench/results.json and bench/results.png. About eleven minutes on 2
+cores; `--only-image` (`--only-memory`) runs the image (memory) part alone and updates its key of
+results.json (image_model, models_in_memory).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import onnxruntime
 
 from bench import grpc as grpc_part
 from bench import image
+from bench import memory as memory_part
 from bench.harness import (
     ROOT,
     Server,
@@ -573,6 +577,14 @@ def run_image(args: argparse.Namespace) -> dict:
     return figures
 
 
+def run_memory() -> dict:
+    """The memory part (bench/memory.py), with a timestamp."""
+    with tempfile.TemporaryDirectory() as scratch:
+        figures = memory_part.run(Path(scratch), log=lambda line: print(line, flush=True))
+    figures["measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return figures
+
+
 def run_grpc(args: argparse.Namespace) -> dict:
     """The gRPC part (bench/grpc.py): gRPC by h2load beside REST by wrk, one python -m service."""
     environment = {"SERVING_WORKERS": str(args.workers), **dict(s.split("=", 1) for s in args.grpc_env)}
@@ -611,6 +623,9 @@ def main() -> int:
     parser.add_argument("--only-image", action="store_true",
                         help="the image part alone; replaces its key (image_model) in --output")
     parser.add_argument("--no-image", action="store_true", help="skip the image part")
+    parser.add_argument("--only-memory", action="store_true",
+                        help="the memory part alone (bench/memory.py); replaces its key (models_in_memory)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory part")
     parser.add_argument("--only-grpc", action="store_true",
                         help="the gRPC part alone (bench/grpc.py); replaces its key (grpc) in --output")
     parser.add_argument("--no-grpc", action="store_true", help="skip the gRPC part")
@@ -639,6 +654,8 @@ def main() -> int:
 
     if args.only_grpc:
         return run_only_grpc(args)
+    if args.only_memory:
+        return memory_part.main([f"--output={args.output}"])
     if args.only_image:
         results = {}
         with contextlib.suppress(OSError, ValueError):
@@ -657,6 +674,12 @@ def main() -> int:
         except (image.BenchFailure, RuntimeError) as error:
             print(f"image part failed: {error}", file=sys.stderr)
             return 1
+    if not args.no_memory and not args.only_image:
+        try:
+            results[memory_part.KEY] = run_memory()
+        except (memory_part.BenchFailure, RuntimeError) as error:
+            print(f"memory part failed: {error}", file=sys.stderr)
+            return 1
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     plot(results, args.output.with_suffix(".png"))
     print()
@@ -668,6 +691,9 @@ def main() -> int:
         print()
     if "image_model" in results:
         print("\n".join(image.lines(results["image_model"])))
+    if memory_part.KEY in results and not args.only_image:
+        print()
+        print("\n".join(memory_part.lines(results[memory_part.KEY])))
     failures = (0 if args.only_image else results["failed_requests"]
                 + results.get("grpc", {}).get("failed_requests", 0)) + \
         results.get("image_model", {}).get("failed_requests", 0)

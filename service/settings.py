@@ -119,6 +119,12 @@ class Settings:
                                  "process; 0: only at start and on SIGHUP", may_be_zero=True)
     version_policy: VersionPolicy = setting(ALL, "which versions of a model without a "
                                             "`version_policy.json` are served")
+    # Models in memory (docs/memory.md; service/repository/optimised_cache.py).
+    model_cache: str = setting("auto", "where each loaded version is kept optimised, built once and "
+                               "memory-mapped by every process (one copy of the weights per machine): "
+                               "`auto` is `$XDG_CACHE_HOME/onnx-serving/models` (else "
+                               "`~/.cache/onnx-serving/models`), or a folder outside the repository "
+                               "(made 0700); `off`: each process loads its own private copy")
 
     @classmethod
     def load(cls, overrides: Mapping | None = None, environ: Mapping | None = None) -> Settings:

@@ -153,3 +153,51 @@ def run(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+def conv_network(channels: int = 256, layers: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """image FP32 [-1, 3, 16, 16] -> features FP32 [-1, channels]: `layers` 3x3 convolutions with
+    ReLU and random weights (channels² x 9 x 4 bytes each: 256 channels, 4 layers ≈ 7 MB; 512, 6 ≈
+    45 MB), then a global average. What onnxruntime re-lays (NCHWc) at ORT_ENABLE_ALL."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers, previous, width = [], [], "image", 3
+    for index in range(layers):
+        scale = np.sqrt(2.0 / (width * 9))
+        initializers += [
+            numpy_helper.from_array((rng.standard_normal((channels, width, 3, 3)) * scale).astype(np.float32),
+                                    f"kernel{index}"),
+            numpy_helper.from_array((rng.standard_normal(channels) * 0.01).astype(np.float32),
+                                    f"bias{index}")]
+        nodes += [helper.make_node("Conv", [previous, f"kernel{index}", f"bias{index}"], [f"conv{index}"],
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"conv{index}"], [f"relu{index}"])]
+        previous, width = f"relu{index}", channels
+    nodes += [helper.make_node("GlobalAveragePool", [previous], ["pooled"]),
+              helper.make_node("Flatten", ["pooled"], ["features"])]
+    graph = helper.make_graph(
+        nodes, "conv_network",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", channels])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def dense_network(width: int = 2048, layers: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """features FP32 [-1, width] -> scores FP32 [-1, width]: `layers` MatMul + Add + ReLU of
+    width x width random weights (2048, 4: 64 MB), what onnxruntime prepacks per session."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers, previous = [], [], "features"
+    for index in range(layers):
+        initializers += [
+            numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32),
+                                    f"weights{index}"),
+            numpy_helper.from_array(np.zeros(width, np.float32), f"bias{index}")]
+        nodes += [helper.make_node("MatMul", [previous, f"weights{index}"], [f"product{index}"]),
+                  helper.make_node("Add", [f"product{index}", f"bias{index}"], [f"sum{index}"]),
+                  helper.make_node("Relu", [f"sum{index}"], [f"layer{index}"])]
+        previous = f"layer{index}"
+    nodes.append(helper.make_node("Identity", [previous], ["scores"]))
+    graph = helper.make_graph(
+        nodes, "dense_network",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", width])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])

@@ -228,9 +228,9 @@ def test_runtime_ports_are_what_the_server_binds(runtime):
 
 def test_runtime_reads_the_models_where_kserve_puts_them(runtime):
     assert settings_of(container_of(runtime)).model_repository == KSERVE_MODEL_DIR
-    # ... and writes nowhere there: the only writable mount is /tmp.
+    # ... and writes nowhere there: the only writable mounts are /tmp and the model cache.
     mounts = [m["mountPath"] for m in container_of(runtime)["volumeMounts"]]
-    assert mounts == ["/tmp"]
+    assert mounts == ["/tmp", "/var/cache/onnx-serving"]
 
 
 def test_runtime_metrics_annotations_point_at_the_server(runtime, client):

@@ -47,6 +47,7 @@ IMAGE_NAME = "onnx-serving"
 PORT = 8000
 GRPC_PORT = 8081
 UID = 10001
+CACHE = "/var/cache/onnx-serving"  # the model cache: SERVING_MODEL_CACHE in the image, an emptyDir in pods
 LIVE, READY, METRICS = "/v2/health/live", "/v2/health/ready", "/metrics"
 EXPECTED_KINDS = {
     "base": {"Namespace", "ServiceAccount", "Deployment", "Service", "HorizontalPodAutoscaler",
@@ -221,7 +222,7 @@ def test_overlay_changes_namespace_image_and_models_volume(rendered):
     claim = one(rendered["overlay"], "PersistentVolumeClaim")
     assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
     # ... and nothing else of the base's pod changed.
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp", "/models"}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp", CACHE, "/models"}
     base_spec = base["spec"]["template"]["spec"]
     assert {k: v for k, v in spec.items() if k not in ("containers", "volumes")} == {
         k: v for k, v in base_spec.items() if k not in ("containers", "volumes")}
@@ -357,11 +358,13 @@ def test_pod_runs_locked_down(pod):
     assert context["capabilities"] == {"drop": ["ALL"]}, where
     assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
     assert context.get("privileged", False) is False, where
-    # The only writable place is /tmp, an emptyDir (the image needs nothing else).
+    # The only writable places are /tmp and the model cache, emptyDirs (the image needs nothing else).
     volumes = {v["name"]: v for v in spec["volumes"]}
     writable = [m for m in server(spec)["volumeMounts"] if not m.get("readOnly")]
-    assert [m["mountPath"] for m in writable] == ["/tmp"], where
-    assert "emptyDir" in volumes[writable[0]["name"]], where
+    assert [m["mountPath"] for m in writable] == ["/tmp", CACHE], where
+    assert all("emptyDir" in volumes[mount["name"]] for mount in writable), where
+    # The cache on disk: its pages are page cache, not an in-memory emptyDir counted in full.
+    assert "medium" not in volumes[writable[1]["name"]]["emptyDir"], where
 
 
 def test_image_user_and_port_are_what_the_manifests_assume():
@@ -371,6 +374,7 @@ def test_image_user_and_port_are_what_the_manifests_assume():
     assert re.search(rf"^EXPOSE {PORT} {GRPC_PORT}$", serve, re.M)
     assert f"SERVING_BIND=0.0.0.0:{PORT}" in serve
     assert "SERVING_MODEL_REPOSITORY=/models" in serve
+    assert f"SERVING_MODEL_CACHE={CACHE}" in serve and f"-o serving -g serving {CACHE}" in serve
     assert '"/usr/bin/tini", "--"' in serve  # SIGTERM reaches python -m service, which drains
     assert 'CMD ["python3", "-m", "service"]' in serve  # nginx in front of gunicorn
 

@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from service.repository import optimised_cache
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
 
@@ -29,7 +30,8 @@ def registry(settings: Settings) -> ModelRegistry:
     """The registry of the settings' repository, not read yet (DataPlane.refresh reads it)."""
     return ModelRegistry(settings.model_repository,
                          (settings.intra_op_threads, settings.inter_op_threads),
-                         settings.version_policy)
+                         settings.version_policy,
+                         optimised_cache.from_setting(settings.model_cache, settings.model_repository))
 
 
 def start(plane: DataPlane, interval: int,

@@ -19,6 +19,7 @@ from pathlib import Path
 from modelcard.card import one_line
 from service.core.errors import ModelNotFound, ModelNotReady
 from service.repository import untrusted_files
+from service.repository.optimised_cache import ModelCache
 from service.repository.scan import Listing, is_version, scan
 from service.repository.untrusted_files import UnsafeFile
 from service.repository.version_folder import LoadedModel, LoadError, fingerprint, load_version
@@ -97,8 +98,9 @@ class ModelRegistry:
     """
 
     def __init__(self, repository: Path, threads: tuple[int, int] = (1, 1),
-                 policy: VersionPolicy = ALL):
+                 policy: VersionPolicy = ALL, cache: ModelCache | None = None):
         self.repository = Path(repository)
+        self.cache = cache  # optimised models shared by every process; None: private loads
         self.threads = threads
         self.policy = policy  # for models without a version_policy.json
         self.state = Snapshot()
@@ -217,7 +219,7 @@ class ModelRegistry:
                 return
         self._tried[key] = seen
         try:
-            served[version] = load_version(path, name, version, self.threads)
+            served[version] = load_version(path, name, version, self.threads, self.cache)
         except LoadError as error:
             why = one_line(str(error))
             if loaded is None:

@@ -24,6 +24,7 @@ from modelcard.card import CardError, ModelCard, TensorSpec, one_line
 from modelcard.forward import Network
 from modelcard.tables import ONNX_TYPES
 from service.repository import untrusted_files
+from service.repository.optimised_cache import CacheUnusable, ModelCache
 from service.repository.untrusted_files import UnsafeFile
 
 # What a version folder's files may weigh: a card is small; model.onnx is at most protobuf's 2 GiB.
@@ -74,8 +75,12 @@ def _check_signature(kind: str, declared: tuple[TensorSpec, ...], graph: list) -
                             f"{list(spec.shape)} in card.json")
 
 
-def load_version(path: Path, name: str, version: int, threads: tuple[int, int]) -> LoadedModel:
-    """A version folder's model, from bytes read once each: what is hashed is what is loaded."""
+def load_version(path: Path, name: str, version: int, threads: tuple[int, int],
+                 cache: ModelCache | None = None) -> LoadedModel:
+    """A version folder's model, from bytes read once each: what is hashed is what is loaded.
+    With a cache, the session is the cache's entry for those verified bytes, optimised once and
+    shared by every process (service/repository/optimised_cache.py); without one, or when the
+    cache cannot serve it, a private session from the bytes themselves."""
     try:
         document = orjson.loads(untrusted_files.read(path / "card.json", CARD_LIMIT))
     except UnsafeFile as error:
@@ -104,14 +109,25 @@ def load_version(path: Path, name: str, version: int, threads: tuple[int, int]) 
         network = forward_network(document, verified["weights.npz"]) if card.forward is not None else None
     except Exception as error:
         raise LoadError(f"weights.npz cannot be used: {type(error).__name__}: {error}") from None
-    try:
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads
-        options.log_severity_level = 3
-        session = onnxruntime.InferenceSession(verified["model.onnx"], options,
-                                               providers=["CPUExecutionProvider"])
-    except Exception as error:
-        raise LoadError(f"model.onnx cannot be loaded: {type(error).__name__}: {error}") from None
+    session, trouble = None, None
+    if cache is not None:
+        try:
+            session = cache.session(verified["model.onnx"], card.files["model.onnx"], threads)
+        except CacheUnusable as error:
+            trouble = str(error)
+        except Exception as error:  # onnxruntime could not optimise it, or load it optimised
+            trouble = one_line(f"{type(error).__name__}: {error}")[:300]
+    if session is None:
+        try:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads
+            options.log_severity_level = 3
+            session = onnxruntime.InferenceSession(verified["model.onnx"], options,
+                                                   providers=["CPUExecutionProvider"])
+        except Exception as error:
+            raise LoadError(f"model.onnx cannot be loaded: {type(error).__name__}: {error}") from None
+        if trouble is not None:  # the model is fine: the cache was the trouble
+            cache.report(trouble)
     _check_signature("inputs", card.inputs, session.get_inputs())
     _check_signature("outputs", card.outputs, session.get_outputs())
     return LoadedModel(card, session, network)
