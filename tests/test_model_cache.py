@@ -161,6 +161,28 @@ def test_a_broken_model_is_refused_as_without_a_cache(tmp_path, caplog):
     assert not list((tmp_path / "cache").glob("*/"))  # nothing left of the failed build
 
 
+def test_a_model_that_crashes_onnxruntime_is_refused_and_the_serving_process_lives(tmp_path, monkeypatch):
+    """The optimising child dies by a signal, as onnxruntime would on a model that crashes it: the
+    version is refused with the signal named, never loaded in this process, and the healthy
+    version beside it serves as the source does."""
+    repository = tmp_path / "models"
+    write_version(repository, "conv", 1, conv_network(channels=8, layers=1))
+    write_version(repository, "crash", 1, conv_network(channels=4, layers=1))
+    real = optimised_cache.BUILDER
+    crash_if = hashlib.sha256((repository / "crash" / "1" / "model.onnx").read_bytes()).hexdigest()
+    monkeypatch.setattr(optimised_cache, "BUILDER", f"""
+import hashlib, io, os, signal, sys
+source = sys.stdin.buffer.read()
+if hashlib.sha256(source).hexdigest() == {crash_if!r}:
+    os.kill(os.getpid(), signal.SIGSEGV)
+sys.stdin = io.TextIOWrapper(io.BytesIO(source))  # the real builder reads the bytes again
+""" + real)
+    registry = ModelRegistry(repository, cache=ModelCache(tmp_path / "cache")).load()
+    assert "onnxruntime crashed optimising model.onnx (Segmentation fault)" in registry.failures["crash"][1]
+    assert "crash" not in registry.models
+    np.testing.assert_array_equal(features(registry.get("conv")), source_answer(repository))
+
+
 def test_the_setting(tmp_path, monkeypatch):
     assert optimised_cache.from_setting("off") is None
     assert optimised_cache.from_setting(str(tmp_path)).folder == tmp_path

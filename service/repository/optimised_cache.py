@@ -40,6 +40,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -71,6 +72,11 @@ class BuildFailed(Exception):
     """onnxruntime could not optimise or save the model (load_version then loads it privately:
     a broken model is refused with onnxruntime's own words, a model that only cannot be saved
     optimised is served privately and reported)."""
+
+
+class BuilderCrashed(Exception):
+    """onnxruntime died optimising the model (a signal): load_version refuses the version rather
+    than load it in a serving process, which it would kill the same way."""
 
 
 # The build, in a child interpreter (no import of this project): argv = the optimised model's path
@@ -265,6 +271,10 @@ class ModelCache:
             # for ResNet50). The child optimises the verified bytes it is given on stdin.
             built = subprocess.run([sys.executable, "-c", BUILDER, str(building / MODEL), WEIGHTS],
                                    input=source, capture_output=True, timeout=BUILD_SECONDS)
+            if built.returncode < 0:
+                name = signal.strsignal(-built.returncode) or f"signal {-built.returncode}"
+                raise BuilderCrashed(f"onnxruntime crashed optimising model.onnx ({name}): not loaded, "
+                                     "so that it cannot take a serving process down")
             if built.returncode != 0:
                 lines = built.stderr.decode(errors="replace").strip().splitlines()
                 lines = lines or [f"exit code {built.returncode}"]

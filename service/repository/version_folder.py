@@ -24,7 +24,7 @@ from modelcard.card import CardError, ModelCard, TensorSpec, one_line
 from modelcard.forward import Network
 from modelcard.tables import ONNX_TYPES
 from service.repository import untrusted_files
-from service.repository.optimised_cache import CacheUnusable, ModelCache
+from service.repository.optimised_cache import BuilderCrashed, CacheUnusable, ModelCache
 from service.repository.untrusted_files import UnsafeFile
 
 # What a version folder's files may weigh: a card is small; model.onnx is at most protobuf's 2 GiB.
@@ -115,6 +115,8 @@ def load_version(path: Path, name: str, version: int, threads: tuple[int, int],
             session = cache.session(verified["model.onnx"], card.files["model.onnx"], threads)
         except CacheUnusable as error:
             trouble = str(error)
+        except BuilderCrashed as error:
+            raise LoadError(str(error)) from None
         except Exception as error:  # onnxruntime could not optimise it, or load it optimised
             trouble = one_line(f"{type(error).__name__}: {error}")[:300]
     if session is None:
