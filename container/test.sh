@@ -16,7 +16,7 @@ compose() { "$BIN/podman-compose" -p "$PROJECT" -f docker-compose.yml "$@"; }
 free_port() { "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 broken_models=$(mktemp -d)
 cleanup() {
-  compose down -v -t 5 >/dev/null 2>  compose down -t 5 >/dev/null 2>&1 || true1 || true
+  compose down -v -t 5 >/dev/null 2>&1 || true
   podman rm -f "$PROJECT-broken" >/dev/null 2>&1 || true
   rm -rf "$broken_models"
 }
