@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
@@ -80,6 +80,7 @@ class ModelCard:
     source: Mapping  # kind (trained, keras or onnx), file, and format for imports
     metrics: Mapping
     parity: Mapping | None
+    limits: Mapping = field(default_factory=dict)  # timeout_ms, long_runs: the service's bounds
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -121,6 +122,7 @@ class ModelCard:
             source={"kind": "trained", "file": None, **document.get("source", {})},
             metrics=document.get("metrics", {}),
             parity=document.get("parity"),
+            limits=document.get("limits", {}),
         )
 
 

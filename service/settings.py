@@ -119,12 +119,37 @@ class Settings:
                                  "process; 0: only at start and on SIGHUP", may_be_zero=True)
     version_policy: VersionPolicy = setting(ALL, "which versions of a model without a "
                                             "`version_policy.json` are served")
+    # Limits on every run of a model (docs/reliability.md, Limits; service/core/limits.py).
+    run_timeout_ms: int = setting(10_000, "milliseconds a run of a model may take when its card "
+                                  "gives no `limits.timeout_ms`; a run past its limit, or past the "
+                                  "client's deadline, is stopped (REST 504, gRPC DEADLINE_EXCEEDED); "
+                                  "0: no limit", may_be_zero=True)
+    max_run_timeout_ms: int = setting(20_000, "milliseconds: the most a card's `limits.timeout_ms` "
+                                      "gets; below `SERVING_TIMEOUT`, when gunicorn would kill the "
+                                      "worker")
+    model_long_runs: str = setting("auto", "per model, in the whole service, runs lasting over "
+                                   "0.1 s at once (a card's `limits.long_runs` overrides it); the "
+                                   "model's other requests get 503 with Retry-After: `auto` is "
+                                   "`SERVING_WORKERS` - 1 (at least 1), `off` no bound",
+                                   pattern=(re.compile(r"auto|off|[1-9][0-9]{0,4}"),
+                                            "auto, off or a positive integer"), lower=True)
+    run_slots: Path | None = setting(None, "the folder where the serving processes share their "
+                                     "models' long runs (see docs/reliability.md, Limits); unset, "
+                                     "each process bounds its own", by_launcher=True)
     # Models in memory (docs/memory.md; service/repository/optimised_cache.py).
     model_cache: str = setting("auto", "where each loaded version is kept optimised, built once and "
                                "memory-mapped by every process (one copy of the weights per machine): "
                                "`auto` is `$XDG_CACHE_HOME/onnx-serving/models` (else "
                                "`~/.cache/onnx-serving/models`), or a folder outside the repository "
                                "(made 0700); `off`: each process loads its own private copy")
+
+    def __post_init__(self):
+        if self.max_run_timeout_ms >= self.timeout * 1000:
+            raise ValueError(f"setting SERVING_MAX_RUN_TIMEOUT_MS={self.max_run_timeout_ms} must be "
+                             f"below SERVING_TIMEOUT ({self.timeout} s), when gunicorn kills a worker")
+        if self.run_timeout_ms > self.max_run_timeout_ms:
+            raise ValueError(f"setting SERVING_RUN_TIMEOUT_MS={self.run_timeout_ms} must not be above "
+                             f"SERVING_MAX_RUN_TIMEOUT_MS={self.max_run_timeout_ms}")
 
     @classmethod
     def load(cls, overrides: Mapping | None = None, environ: Mapping | None = None) -> Settings:

@@ -24,6 +24,7 @@ from service.core import stats
 from service.core.classification import Classification
 from service.core.errors import BadRequest, ModelNotFound, PayloadTooLarge, quote
 from service.core.hooks import Hook, overriding
+from service.core.limits import Limits
 from service.core.metrics import Metrics
 from service.core.tensors import conform
 from service.core.types import Call, Inference, InferenceRequest, InferenceResponse, RequestedOutput
@@ -59,6 +60,7 @@ class DataPlane:
     def __init__(self, registry: ModelRegistry, settings: Settings, hooks: list[Hook] | None = None):
         self.registry = registry
         self.settings = settings
+        self.limits = Limits(settings)
         self.hooks: list[Hook] = []
         for hook in default_hooks() if hooks is None else hooks:
             self.add_hook(hook)
@@ -187,14 +189,21 @@ class DataPlane:
         inference.rows = self.rows(model, feeds)
         for hook in self._before_run:
             hook(inference)
+        run = self.limits.start(model, inference.call, inference.request)
         started = time.perf_counter()
         try:
-            results = model.infer(feeds, wanted)
+            results = model.infer(feeds, wanted, run and run.options)
         except Exception as error:  # onnxruntime refuses values the signature cannot rule out
+            stopped = run and self.limits.stopped(run)
+            if stopped:
+                raise stopped from None
             message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             log.warning("model %s version %s could not run a request: %s", model.name, model.version,
                         message)
             raise BadRequest(f"model {model.name!r} could not run on these inputs: {message}") from None
+        finally:
+            if run is not None:
+                self.limits.end(run)
         inference.run_seconds = time.perf_counter() - started
         inference.input_seconds = started - checking_since
         request = inference.request

@@ -21,6 +21,7 @@ def quote(text) -> str:
 
 class ServiceError(Exception):
     status = 500
+    headers: tuple[tuple[str, str], ...] = ()  # beside the JSON body (REST)
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -52,6 +53,18 @@ class UnsupportedMediaType(ServiceError):
 
 class ModelNotReady(ServiceError):
     status = 503
+
+
+class ModelBusy(ServiceError):
+    """The model holds all the long runs it may (service/core/limits.py): try again shortly."""
+    status = 503
+    headers = (("Retry-After", "1"),)
+
+
+class DeadlineExceeded(ServiceError):
+    """The run was stopped at its time limit, or not started past the client's deadline: 504, as a
+    gateway says that what it waited on did not answer in time (gRPC: DEADLINE_EXCEEDED)."""
+    status = 504
 
 
 def answer(error: Exception) -> tuple[int, bytes]:

@@ -71,6 +71,12 @@ MODEL_READY = Gauge(
     ["model", "version"], multiprocess_mode="livemin",
 )
 
+RUN_LIMITS = Counter(
+    "serving_run_limits_total", "Runs a limit refused or stopped (service/core/limits.py), by model, "
+    "version and limit: time (stopped at its deadline, or not run past it), share (the model held "
+    "all its long runs).", ["model", "version", "limit"],
+)
+
 
 # Label children are looked up once per label set: prometheus_client's labels() takes a lock
 # and validates on every call, a measurable share of a sub-millisecond request.
@@ -109,6 +115,10 @@ def observe_inference_request(model: str, version: str, succeeded: bool, seconds
     duration, last = _inference_request_children(model, version, "success" if succeeded else "fail")
     duration.observe(seconds)
     last.set(time.time())
+
+
+def observe_limit(model: str, version: str, limit: str) -> None:
+    RUN_LIMITS.labels(model, version, limit).inc()
 
 
 class Metrics(Hook):

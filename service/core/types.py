@@ -50,6 +50,7 @@ class Call:
     counted: bool = False  # a model was asked for
     model: str = ""  # the model and version, once resolved
     version: str = ""
+    deadline: float | None = None  # the client's, on time.perf_counter()'s clock (a gRPC deadline)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
-from service.core.errors import BadRequest, ServiceError
+from service.core.errors import BadRequest, ModelBusy, ServiceError
 from service.rest.access import Keys
 from service.settings import Settings
 from service.stubs import messages
@@ -38,7 +38,11 @@ CODES = {
     415: grpc.StatusCode.INVALID_ARGUMENT,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+# Where the code is not the HTTP status's: a model at its share is a quota spent (gRPC's
+# RESOURCE_EXHAUSTED), not a server that is down (UNAVAILABLE, REST's 503).
+KINDS = {ModelBusy: grpc.StatusCode.RESOURCE_EXHAUSTED}
 # Threads beyond SERVING_GRPC_MAX_CALLS: they only refuse calls (a key, a bound), at once.
 SPARE_THREADS = 4
 # Threads: a call that has waited PATIENCE seconds for a thread gets one of its own, when some
@@ -72,7 +76,7 @@ def status_of(error: Exception, where: str) -> tuple[grpc.StatusCode, str]:
     """Every error's status code and message, in one place: a ServiceError's own, anything else
     INTERNAL with its type only (and logged with its trace)."""
     if isinstance(error, ServiceError):
-        return CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message
+        return KINDS.get(type(error)) or CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message
     log.error("unhandled error in %s", where, exc_info=error)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__})"
 

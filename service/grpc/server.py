@@ -74,6 +74,9 @@ def rpc(inference: bool = False):
                 return method(self, request, context, call)
             except Exception as error:
                 code, message = status_of(error, method.__name__)
+                if getattr(error, "headers", ()):  # REST's Retry-After, as trailing metadata
+                    context.set_trailing_metadata(tuple((name.lower(), value)
+                                                        for name, value in error.headers))
             finally:
                 self.plane.finish(call, code.name, code == grpc.StatusCode.OK)
             context.abort(code, message)
@@ -118,6 +121,9 @@ class InferenceServicer(services.GRPCInferenceServiceServicer):
 
     @rpc(inference=True)
     def ModelInfer(self, request, context, call):
+        remaining = context.time_remaining()  # None without a deadline
+        if remaining is not None:
+            call.deadline = call.started + remaining
         model = self.plane.model(request.model_name, request.model_version or None, call)
         inference = codec.decode_request(request)
         response = self.plane.infer(model, inference, call)

@@ -89,6 +89,8 @@ def main() -> int:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(runtime / "metrics"))
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     os.environ["SERVING_BODY_FILES"] = str(runtime / "client-body")  # see service/process/nginx.py
+    os.environ["SERVING_RUN_SLOTS"] = str(runtime / "runs")  # see service/core/limits.py
+    os.makedirs(os.environ["SERVING_RUN_SLOTS"])
     children: dict[str, subprocess.Popen] = {}
     pool = grpc_pool.Pool(settings.workers)
     stopping = False

@@ -51,10 +51,19 @@ class LoadedModel:
     def version(self) -> int:
         return self.card.version
 
-    def infer(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Inputs already checked against the card; returns the outputs asked for, by name."""
-        values = self.session.run(list(outputs), inputs)
+    def infer(self, inputs: dict[str, np.ndarray], outputs: Sequence[str],
+              options: onnxruntime.RunOptions | None = None) -> dict[str, np.ndarray]:
+        """Inputs already checked against the card; returns the outputs asked for, by name.
+        `options`: what stops the run early (its terminate flag: service/core/limits.py)."""
+        values = self.session.run(list(outputs), inputs, options)
         return dict(zip(outputs, values, strict=True))
+
+
+    @staticmethod
+    def run_options() -> onnxruntime.RunOptions:
+        options = onnxruntime.RunOptions()
+        options.log_severity_level = 4  # a run stopped on purpose is no error worth a log line
+        return options
 
 
 def _check_signature(kind: str, declared: tuple[TensorSpec, ...], graph: list) -> None:

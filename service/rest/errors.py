@@ -34,4 +34,5 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def service_error(error: Exception):
         status, body = answer(error)
-        return Response(body, status=status, mimetype="application/json")
+        return Response(body, status=status, mimetype="application/json",
+                        headers=getattr(error, "headers", ()))

@@ -132,7 +132,7 @@ class HotPath:
                 name: _text(value) for name, value in segments.items()})
         except Exception as error:  # the one error mapping decides what to say
             status, payload = answer(error)
-            headers = [("Content-Type", "application/json")]
+            headers = [("Content-Type", "application/json"), *getattr(error, "headers", ())]
         headers.append(("Content-Length", str(len(payload))))
         start_response(STATUS_LINES[status], headers)
         return [payload]
