@@ -116,9 +116,10 @@ def sha256(path: Path) -> str:
 
 def write_version(repository: Path, name: str, version: int, model: onnx.ModelProto, *,
                   description: str = "", ranges: dict | None = None, labels: dict | None = None,
-                  metrics: dict | None = None, file: str | None = None) -> Path:
+                  metrics: dict | None = None, file: str | None = None, limits: dict | None = None) -> Path:
     """<repository>/<name>/<version>/ with model.onnx and a card.json of a plain ONNX import;
-    ranges and labels are keyed by tensor name. Returns the version folder."""
+    ranges and labels are keyed by tensor name; `limits`, the card's (docs/card.md). Returns the
+    version folder."""
     folder = repository / name / str(version)
     folder.mkdir(parents=True)
     onnx.save(model, folder / "model.onnx")
@@ -144,6 +145,8 @@ def write_version(repository: Path, name: str, version: int, model: onnx.ModelPr
         "opset": OPSET,
         "libraries": {"onnx": onnx.__version__},
     }
+    if limits is not None:
+        card["limits"] = limits
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     return folder
 
@@ -200,4 +203,35 @@ def dense_network(width: int = 2048, layers: int = 4, seed: int = 0) -> onnx.Mod
         nodes, "dense_network",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", width])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", width])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def runaway_loop(trips_per_unit: int = 1000) -> onnx.ModelProto:
+    """features FP32 [-1, 4] -> probability FP32 [-1, 1], demand's signature, but a Loop runs
+    int(sum(features)) * trips_per_unit times a 64 x 64 MatMul and Tanh: demand's example row
+    [19.99, 4.5, 2000, 7] asks for about two million iterations (minutes), a row summing below 1
+    for none (the answer is then 64, the sum of the Loop's starting ones)."""
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["carried", "weights"], ["product"]),
+         helper.make_node("Tanh", ["product"], ["carried_out"]),
+         helper.make_node("Identity", ["going"], ["going_out"])], "iteration",
+        [helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+         helper.make_tensor_value_info("going", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("carried", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("going_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("carried_out", TensorProto.FLOAT, [1, 64])],
+        [numpy_helper.from_array(np.full((64, 64), 0.01, np.float32), "weights")])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["features"], ["total"], keepdims=0),
+         helper.make_node("Cast", ["total"], ["units"], to=TensorProto.INT64),
+         helper.make_node("Mul", ["units", "per_unit"], ["trips"]),
+         helper.make_node("Loop", ["trips", "always", "start"], ["carried"], body=body),
+         helper.make_node("ReduceSum", ["carried"], ["summed"], keepdims=1),
+         helper.make_node("Reshape", ["summed", "one_by_one"], ["probability"])], "runaway_loop",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(np.array(trips_per_unit, np.int64), "per_unit"),
+         numpy_helper.from_array(np.array(True), "always"),
+         numpy_helper.from_array(np.ones((1, 64), np.float32), "start"),
+         numpy_helper.from_array(np.array([1, 1], np.int64), "one_by_one")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
