@@ -27,6 +27,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -49,18 +50,31 @@ LONG_RUN = 0.1  # seconds: longer than any single-row run of a model fit to serv
 TICK = 0.02  # seconds between two looks of the watchdog: how late a limit may act
 # struct flock (Linux): l_type, l_whence, l_start, l_len, l_pid, and the padding after it.
 FLOCK = "hhqqi4x"
+# The limits a deadline may be, in words.
+CARD, DEFAULT = "its card's limit of {} ms", "its limit of {} ms (SERVING_RUN_TIMEOUT_MS)"
+REQUEST, CLIENT = "the request's timeout of {} us", "the client's deadline"
+MARKS = 1 << 16  # bytes of a model's file: one per slot, as many as a card may ask for
 
 
 class Slots:
     """A model's slots in the whole service: bytes of one file that every serving process locks
     (open file description locks: the kernel drops them with the process); within a process,
-    `held` tells its threads apart, as such locks belong to the process's open file."""
+    `held` tells its threads apart, as such locks belong to the process's open file.
+
+    Each held slot is also marked in the file, mapped in memory, so that asking whether one is
+    free costs a read, not a system call (measured: 3.9 us by locking, a tenth of a demand
+    request); a mark left by a process that died is found stale by the lock and cleared."""
 
     def __init__(self, count: int, path: Path | None):
         self.count = count
         self.held: set[int] = set()
         self.lock = threading.Lock()
-        self.fd = None if path is None else os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.fd = self.marks = None
+        if path is not None:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if os.fstat(self.fd).st_size < MARKS:
+                os.ftruncate(self.fd, MARKS)
+            self.marks = mmap.mmap(self.fd, MARKS)
 
     def take(self) -> int | None:
         """A free slot, now held; None when every one is held."""
@@ -68,17 +82,25 @@ class Slots:
             for slot in range(self.count):
                 if slot not in self.held and self._lock(slot, fcntl.F_WRLCK):
                     self.held.add(slot)
+                    if self.marks is not None:
+                        self.marks[slot] = 1
                     return slot
         return None
 
     def give(self, slot: int) -> None:
         with self.lock:
+            if self.marks is not None:
+                self.marks[slot] = 0
             self._lock(slot, fcntl.F_UNLCK)
             self.held.discard(slot)
 
     def free(self) -> bool:
         """Whether a slot is free now."""
-        slot = self.take()
+        if self.marks is None:
+            return len(self.held) < self.count
+        if self.marks.find(b"\0", 0, self.count) >= 0:
+            return True
+        slot = self.take()  # every slot marked: a mark may be a dead process's
         if slot is None:
             return False
         self.give(slot)
@@ -96,13 +118,13 @@ class Slots:
         return True
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Run:
     """A run in flight, as the watchdog sees it."""
     model: LoadedModel
     started: float
     deadline: float | None  # time.perf_counter()'s clock
-    limit: str  # which limit the deadline is, in words
+    limit: tuple[str, object]  # which limit the deadline is: words, and the figure for {} in them
     options: object  # onnxruntime.RunOptions: its terminate flag stops the run
     slots: Slots | None
     slot: int | None = None
@@ -131,7 +153,7 @@ class Limits:
         deadline, limit = self.deadline(model, call, request, now)
         if deadline is not None and deadline <= now:
             self.count(model, "time")
-            raise DeadlineExceeded(f"model {model.name!r} was not run: {limit} had passed")
+            raise DeadlineExceeded(f"model {model.name!r} was not run: {words(limit)} had passed")
         slots = self.share(model)
         if slots is not None and not slots.free():
             self.count(model, "share")
@@ -152,24 +174,24 @@ class Limits:
                 run.slots.give(run.slot)
 
     def deadline(self, model: LoadedModel, call: Call, request: InferenceRequest,
-                 now: float) -> tuple[float | None, str]:
+                 now: float) -> tuple[float | None, tuple[str, object]]:
         """The soonest of the model's limit (from `now`, when the run starts) and the client's
-        (from when the request arrived), and which one it is."""
+        (from when the request arrived), and which one it is (put in words only when needed)."""
         ms = model.card.limits.get("timeout_ms")
         if ms is not None:
-            ms, limit = min(ms, self.ceiling_ms), "its card's limit of {} ms"
+            ms, limit = min(ms, self.ceiling_ms), CARD
         else:
-            ms, limit = self.default_ms, "its limit of {} ms (SERVING_RUN_TIMEOUT_MS)"
+            ms, limit = self.default_ms, DEFAULT
         deadline = now + ms / 1000 if ms else None
-        limit = limit.format(ms)
+        limit = (limit, ms)
         timeout = request.parameters.get("timeout")
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
                 raise BadRequest("parameters.timeout must be a whole number of microseconds, 0 for none")
             if timeout and (deadline is None or call.started + timeout / 1e6 < deadline):
-                deadline, limit = call.started + timeout / 1e6, f"the request's timeout of {timeout} us"
+                deadline, limit = call.started + timeout / 1e6, (REQUEST, timeout)
         if call.deadline is not None and (deadline is None or call.deadline < deadline):
-            deadline, limit = call.deadline, "the client's deadline"
+            deadline, limit = call.deadline, (CLIENT, None)
         return deadline, limit
 
     def share(self, model: LoadedModel) -> Slots | None:
@@ -205,13 +227,17 @@ class Limits:
                     if run.deadline is not None and now >= run.deadline:
                         run.stopped = DeadlineExceeded(
                             f"model {run.model.name!r} was stopped after {now - run.started:.3f} s: "
-                            f"{run.limit} had passed")
+                            f"{words(run.limit)} had passed")
                     elif run.slots is not None and run.slot is None and now - run.started >= LONG_RUN:
                         run.slot = run.slots.take()
                         if run.slot is None:
                             run.stopped = busy(run.model, run.slots.count)
                     if run.stopped is not None:
                         run.options.terminate = True
+
+
+def words(limit: tuple[str, object]) -> str:
+    return limit[0].format(limit[1])
 
 
 def busy(model: LoadedModel, count: int) -> ModelBusy:
