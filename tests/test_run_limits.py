@@ -276,3 +276,24 @@ def test_a_ceiling_at_or_over_gunicorns_timeout_is_refused():
         Settings.load({"run_timeout_ms": 25_000})
     with pytest.raises(ValueError, match="SERVING_MODEL_LONG_RUNS"):
         Settings.load({"model_long_runs": "some"})
+
+
+def test_a_model_at_its_share_is_refused_over_grpc_with_a_retry_hint(service):
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    holding = threading.Thread(target=post, args=(f"{service.url}/v2/models/runaway/versions/1/infer",
+                                                  body([EXAMPLE], timeout=1_500_000)))
+    holding.start()
+    time.sleep(0.5)  # a long run now: it holds the model's one slot
+    request = service_pb2.ModelInferRequest(model_name="runaway", model_version="1")
+    features = request.inputs.add(name="features", datatype="FP32", shape=[1, 4])
+    features.contents.fp32_contents.extend(EXAMPLE)
+    try:
+        with grpc.insecure_channel(service.grpc) as channel, pytest.raises(grpc.RpcError) as refused:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=5)
+    finally:
+        holding.join(10)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+    assert "at its limit of 1 long run" in refused.value.details()
+    assert ("retry-after", "1") in tuple(refused.value.trailing_metadata())
