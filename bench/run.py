@@ -42,7 +42,7 @@ import numpy as np
 import onnxruntime
 
 from bench import grpc as grpc_part
-from bench import image, request_path
+from bench import image, request_path, runaway
 from bench import memory as memory_part
 from bench.harness import (
     ROOT,
@@ -626,6 +626,8 @@ def main() -> int:
     parser.add_argument("--only-memory", action="store_true",
                         help="the memory part alone (bench/memory.py); replaces its key (models_in_memory)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory part")
+    parser.add_argument("--only-runaway", action="store_true",
+                        help="the runaway part alone (bench/runaway.py); replaces its key")
     parser.add_argument("--only-request-path", action="store_true",
                         help="the request path part alone (bench/request_path.py); replaces its key")
     parser.add_argument("--only-grpc", action="store_true",
@@ -660,6 +662,8 @@ def main() -> int:
         return memory_part.main([f"--output={args.output}"])
     if args.only_request_path:
         return request_path.main([f"--output={args.output}"])
+    if args.only_runaway:
+        return runaway.main([f"--output={args.output}"])
     if args.only_image:
         results = {}
         with contextlib.suppress(OSError, ValueError):
@@ -686,6 +690,8 @@ def main() -> int:
             return 1
     if not args.only_image:
         results[request_path.KEY] = request_path.run()
+        with tempfile.TemporaryDirectory() as scratch:
+            results[runaway.KEY] = runaway.run(Path(scratch), log=lambda line: print(line, flush=True))
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     plot(results, args.output.with_suffix(".png"))
     print()
@@ -703,6 +709,7 @@ def main() -> int:
     if request_path.KEY in results and not args.only_image:
         print()
         print("\n".join(request_path.lines(results[request_path.KEY])))
+        print("\n".join(runaway.lines(results[runaway.KEY])))
     failures = (0 if args.only_image else results["failed_requests"]
                 + results.get("grpc", {}).get("failed_requests", 0)) + \
         results.get("image_model", {}).get("failed_requests", 0)

@@ -206,10 +206,10 @@ def dense_network(width: int = 2048, layers: int = 4, seed: int = 0) -> onnx.Mod
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
-def runaway_loop(trips_per_unit: int = 1000) -> onnx.ModelProto:
+def runaway_loop(trips_per_unit: int = 1_000_000) -> onnx.ModelProto:
     """features FP32 [-1, 4] -> probability FP32 [-1, 1], demand's signature, but a Loop runs
     int(sum(features)) * trips_per_unit times a 64 x 64 MatMul and Tanh: demand's example row
-    [19.99, 4.5, 2000, 7] asks for about two million iterations (minutes), a row summing below 1
+    [19.99, 4.5, 2000, 7] asks for two billion iterations (hours), a row summing below 1
     for none (the answer is then 64, the sum of the Loop's starting ones)."""
     body = helper.make_graph(
         [helper.make_node("MatMul", ["carried", "weights"], ["product"]),

@@ -1,6 +1,6 @@
 """Every run bounded (service/core/limits.py), on a real `python -m service` (2 workers, 2 gRPC
 processes) serving demand beside a runaway model: demand's signature, but a Loop driven by the
-input runs for minutes on demand's own example row (tests/onnx_models.runaway_loop).
+input runs for hours on demand's own example row (tests/onnx_models.runaway_loop).
 
 - Two REST requests to it: one is stopped at its time limit (504, the limit named), the other is
   refused at once (503, Retry-After: the model holds all its long runs), and demand answers
@@ -36,7 +36,7 @@ from service.settings import Settings
 from tests.conftest import MODELS, front_door, latest_version, metric_value
 from tests.onnx_models import run, runaway_loop, write_version
 
-EXAMPLE = [19.99, 4.5, 2000, 7]  # demand's example row: minutes of Loop for the runaway model
+EXAMPLE = [19.99, 4.5, 2000, 7]  # demand's example row: hours of Loop for the runaway model
 LIMIT_MS, CEILING_MS = 1500, 2500
 DEMAND = forward.Network.load(latest_version("demand"))
 ROWS = np.array([[19.99, 4.5, 2000, 7], [5.0, 1.0, 300, 2], [45.0, 9.0, 12000, 9]], np.float32)
