@@ -17,6 +17,9 @@ The other scenarios are single runs. Then an imported convolutional network (Mob
 96x96x3, batch 32) served the same way against its own onnxruntime floor (bench/image.py).
 Last, the memory part (bench/memory.py): the total PSS of every process of the service at 2 and
 6 workers with the model cache off and on, with an imported ResNet50.
+Then the request path's part (bench/request_path.py: what each feature on the request path costs,
+on against off, in process) and the runaway part (bench/runaway.py: demand's latency while a
+runaway model is asked at once over REST and gRPC).
 Prints one table and writes bench/results.json and bench/results.png. About eleven minutes on 2
 cores; `--only-image` (`--only-memory`) runs the image (memory) part alone and updates its key of
 results.json (image_model, models_in_memory).
