@@ -127,11 +127,15 @@ class DataPlane:
     # caller that counts nothing.
 
     def model(self, name: str, version: str | int | None = None, call: Call | None = None) -> LoadedModel:
-        """The model asked for: 404 unknown, 503 not loaded. The call counts from here on."""
+        """The model asked for: 404 unknown, 503 not loaded. The call counts from here on. For an
+        inference call, 503 (ModelBusy) at once when the model holds all its long runs, before
+        the request's body is read."""
         call = call or Call("")
         call.counted = True
         model = self.registry.get(name, version)
         call.model, call.version = model.name, str(model.version)
+        if call.inference:
+            self.limits.admit(model)
         return model
 
     def model_metadata(self, name: str, version: str | None = None,

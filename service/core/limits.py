@@ -148,16 +148,13 @@ class Limits:
 
     def start(self, model: LoadedModel, call: Call, request: InferenceRequest) -> Run | None:
         """The run about to start, watched; None when no limit applies to it. DeadlineExceeded
-        when its deadline has passed, ModelBusy when its model holds all its slots."""
+        when its deadline has passed."""
         now = time.perf_counter()
         deadline, limit = self.deadline(model, call, request, now)
         if deadline is not None and deadline <= now:
             self.count(model, "time")
             raise DeadlineExceeded(f"model {model.name!r} was not run: {words(limit)} had passed")
         slots = self.share(model)
-        if slots is not None and not slots.free():
-            self.count(model, "share")
-            raise busy(model, slots.count)
         if deadline is None and slots is None:
             return None
         run = Run(model, now, deadline, limit, model.run_options(), slots)
@@ -166,6 +163,14 @@ class Limits:
             self.watchdog = threading.Thread(target=self.watch, name="run-watchdog", daemon=True)
             self.watchdog.start()
         return run
+
+    def admit(self, model: LoadedModel) -> None:
+        """ModelBusy when the model holds all its slots: checked as the request arrives, so that
+        a refusal costs little beside an answer."""
+        slots = self.share(model)
+        if slots is not None and not slots.free():
+            self.count(model, "share")
+            raise busy(model, slots.count)
 
     def end(self, run: Run) -> None:
         with self.lock:
