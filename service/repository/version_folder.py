@@ -23,7 +23,7 @@ import orjson
 from modelcard.card import CardError, ModelCard, TensorSpec, one_line
 from modelcard.forward import Network
 from modelcard.tables import ONNX_TYPES
-from service.repository import untrusted_files
+from service.repository import sessions, untrusted_files
 from service.repository.optimised_cache import BuilderCrashed, CacheUnusable, ModelCache
 from service.repository.untrusted_files import UnsafeFile
 
@@ -53,7 +53,7 @@ class LoadedModel:
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """Inputs already checked against the card; returns the outputs asked for, by name."""
-        values = self.session.run(list(outputs), inputs)
+        values = self.session.run(list(outputs), inputs, sessions.run_options())
         return dict(zip(outputs, values, strict=True))
 
 
@@ -121,10 +121,7 @@ def load_version(path: Path, name: str, version: int, threads: tuple[int, int],
             trouble = one_line(f"{type(error).__name__}: {error}")[:300]
     if session is None:
         try:
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads
-            options.log_severity_level = 3
-            session = onnxruntime.InferenceSession(verified["model.onnx"], options,
+            session = onnxruntime.InferenceSession(verified["model.onnx"], sessions.session_options(threads),
                                                    providers=["CPUExecutionProvider"])
         except Exception as error:
             raise LoadError(f"model.onnx cannot be loaded: {type(error).__name__}: {error}") from None
