@@ -16,7 +16,8 @@ median of the per-round ratios (the ratio of the medians is printed beside it wi
 The other scenarios are single runs. Then an imported convolutional network (MobileNetV3Small,
 96x96x3, batch 32) served the same way against its own onnxruntime floor (bench/image.py).
 Last, the memory part (bench/memory.py): the total PSS of every process of the service at 2 and
-6 workers with the model cache off and on, with an imported ResNet50.
+6 workers with the model cache off and on, with an imported ResNet50; then what the memory
+budget of a run costs and does (bench/run_memory.py).
 Prints one table and writes bench/results.json and bench/results.png. About eleven minutes on 2
 cores; `--only-image` (`--only-memory`) runs the image (memory) part alone and updates its key of
 results.json (image_model, models_in_memory).
@@ -44,6 +45,7 @@ import onnxruntime
 from bench import grpc as grpc_part
 from bench import image
 from bench import memory as memory_part
+from bench import run_memory as run_memory_part
 from bench.harness import (
     ROOT,
     Server,
@@ -626,6 +628,9 @@ def main() -> int:
     parser.add_argument("--only-memory", action="store_true",
                         help="the memory part alone (bench/memory.py); replaces its key (models_in_memory)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory part")
+    parser.add_argument("--only-run-memory", action="store_true",
+                        help="the run-memory part alone (bench/run_memory.py); replaces its key (run_memory)")
+    parser.add_argument("--no-run-memory", action="store_true", help="skip the run-memory part")
     parser.add_argument("--only-grpc", action="store_true",
                         help="the gRPC part alone (bench/grpc.py); replaces its key (grpc) in --output")
     parser.add_argument("--no-grpc", action="store_true", help="skip the gRPC part")
@@ -656,6 +661,8 @@ def main() -> int:
         return run_only_grpc(args)
     if args.only_memory:
         return memory_part.main([f"--output={args.output}"])
+    if args.only_run_memory:
+        return run_memory_part.main([f"--output={args.output}"])
     if args.only_image:
         results = {}
         with contextlib.suppress(OSError, ValueError):
@@ -680,6 +687,15 @@ def main() -> int:
         except (memory_part.BenchFailure, RuntimeError) as error:
             print(f"memory part failed: {error}", file=sys.stderr)
             return 1
+    if not args.no_run_memory and not args.only_image:
+        try:
+            with tempfile.TemporaryDirectory() as scratch:
+                results[run_memory_part.KEY] = run_memory_part.run(
+                    Path(scratch), log=lambda line: print(line, flush=True))
+            results[run_memory_part.KEY]["measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        except (run_memory_part.BenchFailure, RuntimeError) as error:
+            print(f"run-memory part failed: {error}", file=sys.stderr)
+            return 1
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     plot(results, args.output.with_suffix(".png"))
     print()
@@ -694,6 +710,9 @@ def main() -> int:
     if memory_part.KEY in results and not args.only_image:
         print()
         print("\n".join(memory_part.lines(results[memory_part.KEY])))
+    if run_memory_part.KEY in results and not args.only_image:
+        print()
+        print("\n".join(run_memory_part.lines(results[run_memory_part.KEY])))
     failures = (0 if args.only_image else results["failed_requests"]
                 + results.get("grpc", {}).get("failed_requests", 0)) + \
         results.get("image_model", {}).get("failed_requests", 0)
