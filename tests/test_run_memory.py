@@ -93,6 +93,8 @@ def test_a_run_over_its_budget_is_refused_at_once_and_memory_comes_back(tmp_path
                     SERVING_RUN_MEMORY_MB=str(BUDGET_MB)) as server:
         wait_for(lambda: len(serving_processes(server)) == 4)
         processes = serving_processes(server)
+        # Each worker (after gunicorn's fork) and each gRPC process registered its own budget.
+        assert server.log_text().count(f"a run may take up to {BUDGET_MB} MB") == 4
         for _ in range(8):  # every process warm: it has run the models once
             np.testing.assert_allclose(rest_output(server.url, "hungry", SMALL), expected(SMALL))
             grpc_call(server.grpc, "hungry", SMALL)
