@@ -24,6 +24,7 @@ import pytest
 
 from bench.harness import memory
 from service.repository import sessions
+from service.settings import Settings
 from tests.conftest import MODELS, front_door
 from tests.memory_hungry import EXAMPLE_ROW, asked_bytes, expand_network, expected
 from tests.onnx_models import conv_network, run, write_version
@@ -161,6 +162,9 @@ def test_the_budget_is_derived_from_the_machine_and_the_processes(tmp_path):
     # Half of 2 GiB over 2 workers + 2 gRPC processes.
     assert sessions.default_budget_mb(2, 2 << 30) == 256
     assert sessions.budget_mb("0", 2) == 0 and sessions.budget_mb("512", 2) == 512
+    assert Settings.load(environ={}).run_memory_mb == "auto"
+    with pytest.raises(ValueError, match="SERVING_RUN_MEMORY_MB='lots'"):
+        Settings.load(environ={"SERVING_RUN_MEMORY_MB": "lots"})
 
 
 @pytest.mark.parametrize("text", [
