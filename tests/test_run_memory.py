@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,9 +27,9 @@ import pytest
 from bench.harness import memory
 from service.repository import sessions
 from service.settings import Settings
-from tests.conftest import MODELS, front_door
+from tests.conftest import MODELS, ROOT, front_door
 from tests.memory_hungry import EXAMPLE_ROW, asked_bytes, expand_network, expected
-from tests.onnx_models import conv_network, run, write_version
+from tests.onnx_models import conv_network, dense_network, run, write_version
 from tests.test_reliability import copy_repository, wait_for
 from tests.test_shared_models_live import mapping, serving_processes, weights_files
 
@@ -177,3 +179,66 @@ def test_only_onnxruntime_arena_refusals_are_over_budget(text, monkeypatch):
     assert sessions.over_budget(RuntimeError("Invalid rank for input: features"), "hungry") is None
     monkeypatch.setattr(sessions, "_budget", 0)  # no budget: onnxruntime's error as before (400)
     assert sessions.over_budget(RuntimeError(text), "hungry") is None
+
+
+def test_the_probe_model_is_one_expand_sized_by_its_input():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["one", "shape"], ["big"])], "arena_probe",
+        [helper.make_tensor_value_info("shape", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("big", TensorProto.UINT8, [None])],
+        [numpy_helper.from_array(np.array([1], np.uint8), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    assert model.SerializeToString() == sessions.PROBE_MODEL
+
+
+# In a process of its own: the budget is registered once per process, and pytest's may have one.
+PREPACKED = """
+import sys
+from pathlib import Path
+import numpy as np
+from service.repository import sessions
+from service.repository.version_folder import LoadError, load_version
+sessions.register(int(sys.argv[2]))
+repository = Path(sys.argv[1])
+try:
+    dense = load_version(repository / "dense" / "1", "dense", 1, (1, 1), None)
+    rows = np.random.default_rng(0).standard_normal((3, 2048)).astype(np.float32)
+    np.save(repository / "served.npy", dense.infer({"features": rows}, ["scores"])["scores"])
+    print("loaded", flush=True)
+except LoadError as error:
+    print(f"refused: {error}", flush=True)
+hungry = load_version(repository / "hungry" / "1", "hungry", 1, (1, 1), None)  # dense, if loaded, held
+try:
+    hungry.infer({"features": np.array([[40.0, 0, 0, 0]], np.float32)}, ["probability"])  # 97 MB
+    print("ran")
+except Exception as error:
+    print("refused" if sessions.over_budget(error, "hungry") else f"failed: {error}")
+"""
+
+
+@pytest.mark.parametrize("budget_mb, loaded", [(60, False), (120, True)])
+def test_prepacked_weights_over_the_budget_are_refused_so_that_the_cap_holds(tmp_path, budget_mb, loaded):
+    """onnxruntime reserves prepacked MatMul weights (64 MB here) in the capped arena without
+    checking the cap, and past it enforces the cap no more: such a model is refused, and a 97 MB
+    run is refused either way."""
+    write_version(tmp_path, "dense", 1, dense_network())
+    write_version(tmp_path, "hungry", 1, expand_network())
+    done = subprocess.run([sys.executable, "-c", PREPACKED,
+                           str(tmp_path), str(budget_mb)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stderr[-2000:]
+    if loaded:
+        assert lines == ["loaded", "refused"]
+        rows = np.random.default_rng(0).standard_normal((3, 2048)).astype(np.float32)
+        wanted = run(tmp_path / "dense" / "1" / "model.onnx", {"features": rows})["scores"]
+        np.testing.assert_allclose(np.load(tmp_path / "served.npy"), wanted, rtol=1e-4, atol=1e-4)
+    else:
+        assert lines[0].startswith("refused: its prepacked weights do not fit") and \
+            f"SERVING_RUN_MEMORY_MB={budget_mb}" in lines[0]
+        assert lines[1:] == ["refused"]

@@ -127,6 +127,10 @@ def load_version(path: Path, name: str, version: int, threads: tuple[int, int],
             raise LoadError(f"model.onnx cannot be loaded: {type(error).__name__}: {error}") from None
         if trouble is not None:  # the model is fine: the cache was the trouble
             cache.report(trouble)
+    if sessions.budget() and sessions.prepacked_over_budget():
+        del session  # its prepacked weights leave the arena, which enforces its cap again
+        raise LoadError(f"its prepacked weights do not fit, beside the other models', in the memory "
+                        f"budget of every run ({sessions.SETTING}={sessions.budget() >> 20}): raise it")
     _check_signature("inputs", card.inputs, session.get_inputs())
     _check_signature("outputs", card.outputs, session.get_outputs())
     return LoadedModel(card, session, network)
