@@ -76,8 +76,8 @@ def grpc_call(address: str, model: str, rows: np.ndarray):
         client.close()
 
 
-def rss(pids: list[int]) -> dict[int, float]:
-    return {figures["pid"]: figures["rss_mb"] for figures in memory(pids)}
+def rss_and_pss(pids: list[int]) -> dict[int, tuple[float, float]]:
+    return {figures["pid"]: (figures["rss_mb"], figures["pss_mb"]) for figures in memory(pids)}
 
 
 def assert_refusal_names_everything(message: str) -> None:
@@ -101,7 +101,7 @@ def test_a_run_over_its_budget_is_refused_at_once_and_memory_comes_back(tmp_path
         for _ in range(8):  # every process warm: it has run the models once
             np.testing.assert_allclose(rest_output(server.url, "hungry", SMALL), expected(SMALL))
             grpc_call(server.grpc, "hungry", SMALL)
-        before = rss(processes)
+        before = rss_and_pss(processes)
 
         for _ in range(4):  # each worker, in turn
             started = time.monotonic()
@@ -119,9 +119,10 @@ def test_a_run_over_its_budget_is_refused_at_once_and_memory_comes_back(tmp_path
         for _ in range(4):  # runs that fit take 102 MB each, and give it back
             np.testing.assert_allclose(rest_output(server.url, "hungry", FITS), expected(FITS))
             np.testing.assert_allclose(grpc_call(server.grpc, "hungry", FITS), expected(FITS))
-        after = rss(processes)
+        after = rss_and_pss(processes)
         for pid in processes:
-            assert after[pid] - before[pid] < BACK_WITHIN_MB, (pid, before, after)
+            for kind in (0, 1):  # RSS, PSS
+                assert after[pid][kind] - before[pid][kind] < BACK_WITHIN_MB, (pid, before, after)
 
         # Serving on, as onnxruntime directly.
         wanted = run(demand, {"features": DEMAND_ROWS})["probability"]
@@ -145,7 +146,7 @@ def test_a_run_over_its_budget_is_refused_at_once_and_memory_comes_back(tmp_path
             assert found.get("mappings") and found.get("Private_Dirty", 0) == 0, mapped
         pss_kb = sum(found.get("Pss", 0) for found in mapped.values())
         assert pss_kb <= 1.05 * weights.stat().st_size / 1024, (pss_kb, mapped)
-        print(f"RSS MB before {before}, after {after}; weights PSS in all {pss_kb / 1024:.1f} MB "
+        print(f"(RSS, PSS) MB before {before}, after {after}; weights PSS in all {pss_kb / 1024:.1f} MB "
               f"of a {weights.stat().st_size / 2**20:.1f} MB file")
 
         assert serving_processes(server) == processes  # none died or was killed
