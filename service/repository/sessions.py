@@ -183,9 +183,10 @@ def over_budget(error: Exception, model: str) -> str | None:
     found = REFUSED.search(str(error)) if limit else None
     if found is None:
         return None
-    left, asked = (int(found[1]), int(found[2])) if found[1] else (0, int(found[3]))
+    asked = int(found[2] or found[3])
+    left = f"{int(found[1]):,} were left" if found[1] else "which the process could not get"
     message = (f"model {model!r} needs more memory for this request than its budget allows: it "
-               f"asked for {asked:,} bytes at once, {left:,} were left of the budget of {limit:,} "
-               f"bytes per process ({SETTING}={limit >> 20}); send fewer rows, or raise {SETTING}")
+               f"asked for {asked:,} bytes at once, {left}; the budget is {limit:,} bytes per "
+               f"process ({SETTING}={limit >> 20}): send fewer rows, or raise {SETTING}")
     log.warning("%s", message)
     return message
