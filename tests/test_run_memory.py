@@ -10,6 +10,9 @@
   (demand) and the closed form (the hungry model on a small row);
 - the model cache's memory-mapped weights stay shared with the budget on: no process holds a
   private copy of them, and their PSS summed over the processes is one copy.
+
+Beside it: the default derived from the machine, which errors are refusals, the probe model, and a
+model whose prepacked weights pass the budget refused (else onnxruntime drops the cap).
 """
 
 from __future__ import annotations
