@@ -16,7 +16,8 @@ median of the per-round ratios (the ratio of the medians is printed beside it wi
 The other scenarios are single runs. Then an imported convolutional network (MobileNetV3Small,
 96x96x3, batch 32) served the same way against its own onnxruntime floor (bench/image.py).
 Last, the memory part (bench/memory.py): the total PSS of every process of the service at 2 and
-6 workers with the model cache off and on, with an imported ResNet50.
+6 workers with the model cache off and on, with an imported ResNet50; then what the memory
+budget of a run costs and does (bench/run_memory.py).
 Then the request path's part (bench/request_path.py: what each feature on the request path costs,
 on against off, in process) and the runaway part (bench/runaway.py: demand's latency while a
 runaway model is asked at once over REST and gRPC).
@@ -47,6 +48,7 @@ import onnxruntime
 from bench import grpc as grpc_part
 from bench import image, request_path, runaway
 from bench import memory as memory_part
+from bench import run_memory as run_memory_part
 from bench.harness import (
     ROOT,
     Server,
@@ -633,6 +635,9 @@ def main() -> int:
                         help="the runaway part alone (bench/runaway.py); replaces its key")
     parser.add_argument("--only-request-path", action="store_true",
                         help="the request path part alone (bench/request_path.py); replaces its key")
+    parser.add_argument("--only-run-memory", action="store_true",
+                        help="the run-memory part alone (bench/run_memory.py); replaces its key (run_memory)")
+    parser.add_argument("--no-run-memory", action="store_true", help="skip the run-memory part")
     parser.add_argument("--only-grpc", action="store_true",
                         help="the gRPC part alone (bench/grpc.py); replaces its key (grpc) in --output")
     parser.add_argument("--no-grpc", action="store_true", help="skip the gRPC part")
@@ -667,6 +672,8 @@ def main() -> int:
         return request_path.main([f"--output={args.output}"])
     if args.only_runaway:
         return runaway.main([f"--output={args.output}"])
+    if args.only_run_memory:
+        return run_memory_part.main([f"--output={args.output}"])
     if args.only_image:
         results = {}
         with contextlib.suppress(OSError, ValueError):
@@ -691,6 +698,15 @@ def main() -> int:
         except (memory_part.BenchFailure, RuntimeError) as error:
             print(f"memory part failed: {error}", file=sys.stderr)
             return 1
+    if not args.no_run_memory and not args.only_image:
+        try:
+            with tempfile.TemporaryDirectory() as scratch:
+                results[run_memory_part.KEY] = run_memory_part.run(
+                    Path(scratch), log=lambda line: print(line, flush=True))
+            results[run_memory_part.KEY]["measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        except (run_memory_part.BenchFailure, RuntimeError) as error:
+            print(f"run-memory part failed: {error}", file=sys.stderr)
+            return 1
     if not args.only_image:
         results[request_path.KEY] = request_path.run()
         with tempfile.TemporaryDirectory() as scratch:
@@ -713,6 +729,9 @@ def main() -> int:
         print()
         print("\n".join(request_path.lines(results[request_path.KEY])))
         print("\n".join(runaway.lines(results[runaway.KEY])))
+    if run_memory_part.KEY in results and not args.only_image:
+        print()
+        print("\n".join(run_memory_part.lines(results[run_memory_part.KEY])))
     failures = (0 if args.only_image else results["failed_requests"]
                 + results.get("grpc", {}).get("failed_requests", 0)) + \
         results.get("image_model", {}).get("failed_requests", 0)

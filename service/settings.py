@@ -142,6 +142,14 @@ class Settings:
                                "`auto` is `$XDG_CACHE_HOME/onnx-serving/models` (else "
                                "`~/.cache/onnx-serving/models`), or a folder outside the repository "
                                "(made 0700); `off`: each process loads its own private copy")
+    # A memory budget for every run (docs/memory.md)
+    run_memory_mb: str = setting("auto", "MB of onnxruntime's memory that the runs of one serving "
+                                 "process may hold at once (a cap on its arena, given back after "
+                                 "each run); a run that needs more gets 413 / RESOURCE_EXHAUSTED at "
+                                 "once; `auto`: half the machine's memory (the cgroup limit, else "
+                                 "MemTotal) over 2 x `SERVING_WORKERS` processes; `0`: no budget",
+                                 pattern=(re.compile(r"auto|[0-9]+"), "`auto` or a number of MB (0: off)"),
+                                 lower=True)
 
     def __post_init__(self):
         if self.max_run_timeout_ms >= self.timeout * 1000:

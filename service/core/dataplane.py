@@ -22,13 +22,14 @@ from modelcard.card import TensorSpec
 from service import __version__
 from service.core import stats
 from service.core.classification import Classification
-from service.core.errors import BadRequest, ModelNotFound, PayloadTooLarge, quote
+from service.core.errors import BadRequest, ModelNotFound, PayloadTooLarge, RunOverBudget, quote
 from service.core.hooks import Hook, overriding
 from service.core.limits import Limits
 from service.core.metrics import Metrics
 from service.core.tensors import conform
 from service.core.types import Call, Inference, InferenceRequest, InferenceResponse, RequestedOutput
 from service.repository.registry import Change, ModelRegistry
+from service.repository.sessions import over_budget
 from service.repository.version_folder import LoadedModel
 from service.settings import Settings
 
@@ -201,6 +202,8 @@ class DataPlane:
             stopped = run and self.limits.stopped(run)
             if stopped:
                 raise stopped from None
+            if (refusal := over_budget(error, model.name)) is not None:
+                raise RunOverBudget(refusal) from None
             message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             log.warning("model %s version %s could not run a request: %s", model.name, model.version,
                         message)

@@ -47,6 +47,12 @@ class PayloadTooLarge(ServiceError):
     status = 413
 
 
+class RunOverBudget(ServiceError):
+    """A run asked onnxruntime for more memory than its process's budget had left
+    (SERVING_RUN_MEMORY_MB; service/repository/sessions.py): the request is too large to run."""
+    status = 413
+
+
 class UnsupportedMediaType(ServiceError):
     status = 415
 

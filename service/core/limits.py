@@ -125,7 +125,7 @@ class Run:
     started: float
     deadline: float | None  # time.perf_counter()'s clock
     limit: tuple[str, object]  # which limit the deadline is: words, and the figure for {} in them
-    options: object  # onnxruntime.RunOptions: its terminate flag stops the run
+    options: object  # the thread's onnxruntime.RunOptions: its terminate flag stops the run
     slots: Slots | None
     slot: int | None = None
     stopped: ServiceError | None = None  # why the watchdog stopped it
@@ -177,6 +177,8 @@ class Limits:
             del self.runs[id(run)]
             if run.slot is not None:
                 run.slots.give(run.slot)
+        if run.stopped is not None:
+            run.options.terminate = False  # the thread's options serve its next run
 
     def deadline(self, model: LoadedModel, call: Call, request: InferenceRequest,
                  now: float) -> tuple[float | None, tuple[str, object]]:

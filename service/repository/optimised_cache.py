@@ -52,6 +52,8 @@ import onnxruntime
 import orjson
 from onnxruntime import InferenceSession
 
+from service.repository import sessions
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # of an entry; a change makes new keys
@@ -79,7 +81,8 @@ class BuilderCrashed(Exception):
     than load it in a serving process, which it would kill the same way."""
 
 
-# The build, in a child interpreter (no import of this project): argv = the optimised model's path
+# The build, in a child interpreter (no import of this project, so its options are its own, and
+# it has no memory budget: it serves no request): argv = the optimised model's path
 # and its initializers file's name; the model's bytes on stdin.
 BUILDER = """
 import sys
@@ -218,10 +221,7 @@ class ModelCache:
         seen = self.verify(entry, digest)
         if seen is None:
             return None
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads
-        options.log_severity_level = 3
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options = sessions.session_options(threads, onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL)
         session = InferenceSession(str(entry / MODEL), options, providers=PROVIDERS)
         for path, info in seen.items():  # what was hashed must be what onnxruntime opened
             try:

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from service.repository import optimised_cache
+from service.repository import optimised_cache, sessions
 from service.repository.registry import ModelRegistry
 from service.settings import Settings
 
@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def registry(settings: Settings) -> ModelRegistry:
-    """The registry of the settings' repository, not read yet (DataPlane.refresh reads it)."""
+    """The registry of the settings' repository, not read yet (DataPlane.refresh reads it). Each
+    serving process calls this once, before any session: its memory budget is registered here."""
+    sessions.register(sessions.budget_mb(settings.run_memory_mb, settings.workers))
     return ModelRegistry(settings.model_repository,
                          (settings.intra_op_threads, settings.inter_op_threads),
                          settings.version_policy,

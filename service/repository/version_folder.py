@@ -23,7 +23,7 @@ import orjson
 from modelcard.card import CardError, ModelCard, TensorSpec, one_line
 from modelcard.forward import Network
 from modelcard.tables import ONNX_TYPES
-from service.repository import untrusted_files
+from service.repository import sessions, untrusted_files
 from service.repository.optimised_cache import BuilderCrashed, CacheUnusable, ModelCache
 from service.repository.untrusted_files import UnsafeFile
 
@@ -54,16 +54,16 @@ class LoadedModel:
     def infer(self, inputs: dict[str, np.ndarray], outputs: Sequence[str],
               options: onnxruntime.RunOptions | None = None) -> dict[str, np.ndarray]:
         """Inputs already checked against the card; returns the outputs asked for, by name.
-        `options`: what stops the run early (its terminate flag: service/core/limits.py)."""
-        values = self.session.run(list(outputs), inputs, options)
+        `options`: this thread's (sessions.run_options), whose terminate flag the limits'
+        watchdog sets to stop the run (service/core/limits.py)."""
+        values = self.session.run(list(outputs), inputs, options or sessions.run_options())
         return dict(zip(outputs, values, strict=True))
 
 
     @staticmethod
     def run_options() -> onnxruntime.RunOptions:
-        options = onnxruntime.RunOptions()
-        options.log_severity_level = 4  # a run stopped on purpose is no error worth a log line
-        return options
+        """The options of a run in this thread (sessions.run_options)."""
+        return sessions.run_options()
 
 
 def _check_signature(kind: str, declared: tuple[TensorSpec, ...], graph: list) -> None:
@@ -130,15 +130,16 @@ def load_version(path: Path, name: str, version: int, threads: tuple[int, int],
             trouble = one_line(f"{type(error).__name__}: {error}")[:300]
     if session is None:
         try:
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads
-            options.log_severity_level = 3
-            session = onnxruntime.InferenceSession(verified["model.onnx"], options,
+            session = onnxruntime.InferenceSession(verified["model.onnx"], sessions.session_options(threads),
                                                    providers=["CPUExecutionProvider"])
         except Exception as error:
             raise LoadError(f"model.onnx cannot be loaded: {type(error).__name__}: {error}") from None
         if trouble is not None:  # the model is fine: the cache was the trouble
             cache.report(trouble)
+    if sessions.budget() and sessions.prepacked_over_budget():
+        del session  # its prepacked weights leave the arena, which enforces its cap again
+        raise LoadError(f"its prepacked weights do not fit, beside the other models', in the memory "
+                        f"budget of every run ({sessions.SETTING}={sessions.budget() >> 20}): raise it")
     _check_signature("inputs", card.inputs, session.get_inputs())
     _check_signature("outputs", card.outputs, session.get_outputs())
     return LoadedModel(card, session, network)
