@@ -89,6 +89,9 @@ def main() -> int:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(runtime / "metrics"))
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     os.environ["SERVING_BODY_FILES"] = str(runtime / "client-body")  # see service/process/nginx.py
+    # The health answers nginx gives (service/rest/health_files.py): a fresh folder, no stale answer.
+    os.environ["SERVING_HEALTH_FILES"] = str(runtime / "health")
+    os.makedirs(os.environ["SERVING_HEALTH_FILES"])
     children: dict[str, subprocess.Popen] = {}
     pool = grpc_pool.Pool(settings.workers)
     stopping = False
@@ -108,9 +111,14 @@ def main() -> int:
             return
         stopping = True
         pool.stop()
-        for name, child in children.items():
-            if child.poll() is None:  # nginx stops gracefully on SIGQUIT, gunicorn on SIGTERM
-                child.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
+        # nginx first (SIGQUIT: it closes its port and finishes what it holds), gunicorn once nginx
+        # is gone (watch: drain_then_stop): gunicorn stopping first turned the requests queued in
+        # its backlog into nginx's 502s (64 of 13,776 in issue 24).
+        front = children.get("nginx")
+        if front is not None and front.poll() is None:
+            front.send_signal(signal.SIGQUIT)
+        elif "gunicorn" in children and children["gunicorn"].poll() is None:
+            children["gunicorn"].send_signal(signal.SIGTERM)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
@@ -158,8 +166,12 @@ def watch(children: dict[str, subprocess.Popen], stopping, stop, pool: grpc_pool
     """Until all have exited: when nginx or gunicorn dies unasked, stop the others; a gRPC process
     that dies is replaced (pool.tick); 0 only for a clean stop."""
     failed = None
+    drained_by, signalled = None, set()
     while any(child.poll() is None for child in children.values()) or pool.alive():
         pool.tick()
+        if stopping():
+            drained_by = drained_by or time.monotonic() + Settings.load().graceful_timeout
+            drain_then_stop(children, drained_by, signalled)
         for name, child in children.items():
             if child.poll() is not None and not stopping() and failed is None:
                 failed = name
@@ -167,6 +179,20 @@ def watch(children: dict[str, subprocess.Popen], stopping, stop, pool: grpc_pool
                 stop(signal.SIGTERM, None)
         time.sleep(0.1)
     return 1 if failed else 0
+
+
+def drain_then_stop(children: dict[str, subprocess.Popen], deadline: float, signalled: set) -> None:
+    """While stopping: gunicorn gets SIGTERM once nginx has exited, both once the deadline (the
+    graceful timeout) has passed with nginx still finishing its requests; each signal once."""
+    front, back = children.get("nginx"), children.get("gunicorn")
+    late = time.monotonic() > deadline
+    if front is not None and front.poll() is None and late and "nginx" not in signalled:
+        signalled.add("nginx")
+        front.send_signal(signal.SIGTERM)  # nginx's fast stop
+    if (back is not None and back.poll() is None and "gunicorn" not in signalled
+            and (front is None or front.poll() is not None or late)):
+        signalled.add("gunicorn")
+        back.send_signal(signal.SIGTERM)
 
 
 if __name__ == "__main__":
