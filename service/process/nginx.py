@@ -68,8 +68,15 @@ ACCESS_LOG = f"""map $request $front_door_method {{ "~^([A-Z]+) " $1; }}  # erro
 PROXY_HEADERS = """proxy_set_header Host $http_host;
             proxy_set_header X-Real-IP $remote_addr;
             proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header Connection "";
-            proxy_set_header X-Front-Door-Queued-At $msec;  # never the client's"""
+            proxy_set_header Connection "";"""
+
+
+def proxy_headers(settings: Settings) -> str:
+    """The headers nginx sets on what it passes on; with the queue budget on, when it did so
+    (replacing any client's value); with it off, nothing more (docs/reliability.md)."""
+    if not settings.queue_budget_ms:
+        return PROXY_HEADERS
+    return PROXY_HEADERS + f"\n            proxy_set_header {QUEUED_AT_HEADER} $msec;  # never the client's"
 
 
 def listen_directive(bind: str) -> str:
@@ -163,7 +170,7 @@ http {{
             # be rewritten. `rewrite ... last` is one of the two safe uses of `if` in a location.
             if ($large_body) {{ rewrite ^ {LARGE_BODIES}$uri last; }}
             proxy_pass http://service;
-            {PROXY_HEADERS}
+            {proxy_headers(settings)}
             proxy_set_header {BODY_FILE_HEADER} "";  # never the client's
         }}
         location ^~ {LARGE_BODIES}/ {{
@@ -173,7 +180,7 @@ http {{
             client_body_in_file_only clean;  # deleted when the answer is sent
             proxy_pass_request_body off;
             proxy_pass http://service$request_uri;
-            {PROXY_HEADERS}
+            {proxy_headers(settings)}
             proxy_set_header Content-Length "";
             proxy_set_header {BODY_FILE_HEADER} $request_body_file;
         }}
@@ -226,6 +233,6 @@ def health_locations(settings: Settings, folder: Path, own: str, cors_headers: s
         location ^~ {HEALTH_PAGES} {{ {own}alias {folder}/; }}
         location @service {{
             proxy_pass http://service;
-            {PROXY_HEADERS}
+            {proxy_headers(settings)}
             proxy_set_header {BODY_FILE_HEADER} "";
         }}"""
