@@ -2,7 +2,8 @@
 
 nginx listens on SERVING_BIND and passes whole requests to gunicorn over a unix socket in a
 private runtime folder; gunicorn's sync workers never wait on a client. SIGTERM or SIGINT stops
-both gracefully (nginx finishes its connections, gunicorn its requests); SIGHUP reloads
+both gracefully: nginx first, which finishes what it holds (queued requests included), then
+gunicorn, within SERVING_GRACEFUL_TIMEOUT in all; SIGHUP reloads
 gunicorn's workers, which load the model repository (and the API keys) afresh; a keys file
 that cannot be used refuses the reload instead (without a signal, every worker and gRPC process
 also polls the repository every SERVING_POLL_INTERVAL seconds: service/repository/polling.py). When either
@@ -182,18 +183,23 @@ def watch(children: dict[str, subprocess.Popen], stopping, stop, pool: grpc_pool
 
 
 def drain_then_stop(children: dict[str, subprocess.Popen], deadline: float, signalled: set) -> None:
-    """While stopping: gunicorn gets SIGTERM once nginx has exited, both once the deadline (the
-    graceful timeout) has passed with nginx still finishing its requests; each signal once."""
+    """While stopping: gunicorn gets SIGTERM once nginx has exited (nothing is left in flight then,
+    so it stops at once); past the deadline (the graceful timeout) with nginx still finishing, both
+    stop at once (nginx's SIGTERM, gunicorn's SIGQUIT), so that the whole stop stays within the
+    graceful timeout, as before; each signal once."""
     front, back = children.get("nginx"), children.get("gunicorn")
     late = time.monotonic() > deadline
     if front is not None and front.poll() is None and late and "nginx" not in signalled:
         signalled.add("nginx")
-        front.send_signal(signal.SIGTERM)  # nginx's fast stop
-    if (back is not None and back.poll() is None and "gunicorn" not in signalled
-            and (front is None or front.poll() is not None or late)):
+        front.send_signal(signal.SIGTERM)
+    if back is None or back.poll() is not None:
+        return
+    if late and "gunicorn late" not in signalled:
+        signalled.add("gunicorn late")
+        back.send_signal(signal.SIGQUIT)
+    elif (front is None or front.poll() is not None) and "gunicorn" not in signalled:
         signalled.add("gunicorn")
         back.send_signal(signal.SIGTERM)
-
 
 if __name__ == "__main__":
     sys.exit(main())
