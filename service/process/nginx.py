@@ -6,6 +6,9 @@ connection (cheap, event-driven), never a sync worker. Clients are cut off after
 `client_timeout` seconds without progress; kept-alive connections after `keepalive_timeout`.
 nginx's own errors are JSON like the service's, with a request id, and nginx writes them to the
 access log (its stdout, which the launcher relays to its own) as gunicorn does the app's answers.
+Under load (docs/reliability.md, The front door under load): nginx stamps what it passes on with
+the time, for the workers' queue budget; answers the health probes from files the workers keep,
+never behind inference; and, when asked, bounds the requests it hands gunicorn at once.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ BODY_FILE_HEADER = "X-Front-Door-Body-File"  # service.rest.protocols.common.BOD
 # When nginx passed the request on (its $msec), for the queue budget: service.rest.queue_budget.QUEUED_AT.
 QUEUED_AT_HEADER = "X-Front-Door-Queued-At"
 # Past SERVING_QUEUE_CONNECTIONS, nginx finds no upstream free and answers this 503 itself.
-FULL = ("the service is overloaded: too many requests are waiting for a worker; retry later")
+FULL = "the service is overloaded: too many requests are waiting for a worker; retry later"
 RETRY_AFTER = 1  # seconds, as service.rest.queue_budget.RETRY_AFTER
 HEALTH_PAGES = "/.front-door-health/"
 # nginx reads a request's head into buffers of HEADER_BUFFER_BYTES: the request line, and each
