@@ -68,6 +68,7 @@ WORKERS = 2  # the baseline's and the ceiling's sync workers, and the service's 
 SERVERS = {
     "service": "service (python -m service)",
     "service_direct": "service without front door",
+    "service_budget_off": "service, queue budget off",
     "baseline": "baseline (bare Flask, json)",
     "ceiling_front": "ceiling: raw WSGI, front door",
     "ceiling_bare": "ceiling: raw WSGI, bare gunicorn",
@@ -81,7 +82,7 @@ CEILING_OF = {"service": "ceiling_front", "service_direct": "ceiling_bare"}
 HEADLINE = [
     {"key": "single", "label": "v2 JSON, 1 row, c=8", "kind": "v2", "rows": 1, "c": 8,
      "layout": "nested", "servers": ["baseline", "service", "service_direct", "ceiling_front",
-                                     "ceiling_bare"]},
+                                     "ceiling_bare", "service_budget_off"]},
     {"key": "nested", "label": "v2 JSON, 256 rows nested, c=4", "kind": "v2", "rows": 256, "c": 4,
      "layout": "nested", "servers": ["baseline", "service"]},
     {"key": "binary", "label": "v2 binary, 256 rows, c=4", "kind": "v2b", "rows": 256, "c": 4,
@@ -239,6 +240,9 @@ def compare(scenario: dict, by_key: dict[str, dict]) -> None:
         ceiling = CEILING_OF.get(server)
         if ceiling in scenario["rounds"]:
             scenario["ratios"][f"{server}/{ceiling}"] = ratio(rounds, scenario["rounds"][ceiling])
+        if server == "service" and "service_budget_off" in scenario["rounds"]:  # what the budget costs
+            off = scenario["rounds"]["service_budget_off"]
+            scenario["ratios"]["service/service_budget_off"] = ratio(rounds, off)
 
 
 def run_rounds(servers: dict[str, Server], folder: Path, rounds: int, seconds: int) -> list[dict]:
@@ -302,6 +306,9 @@ def all_servers(folder: Path, service_env: dict):
                                                                    folder / "ceiling-front.log")),
             "ceiling_bare": stack.enter_context(gunicorn([*bare, "bench.ceiling_app:app"], {},
                                                          folder / "ceiling-bare.log")),
+            # The queue budget's cost (docs/reliability.md): the same service with it off.
+            "service_budget_off": stack.enter_context(front_door(
+                {**service_env, "SERVING_QUEUE_BUDGET_MS": "0"}, folder / "service-budget-off.log")),
         }
         yield servers
 
@@ -344,6 +351,11 @@ def target_lines(results: dict) -> list[str]:
         lines.append(f"  {by_key[key]['label']:<32} {figure:<10} {value:5.2f}x the baseline "
                      f"(ratio of medians {measured['of_medians']:.2f}; target {comparison} {limit}): "
                      f"{'meets' if met else 'MISSES'}")
+    budget = by_key["single"]["ratios"].get("service/service_budget_off")
+    if budget:  # the queue budget's cost on the hot path: its req/s and p99 as ratios to it off
+        lines.append(f"  {by_key['single']['label']:<32} queue budget on / off: requests/s "
+                     f"{budget['requests_per_s']['median_of_rounds']:.2f}x, p99 "
+                     f"{budget['p99']['median_of_rounds']:.2f}x")
     return lines
 
 
@@ -454,7 +466,7 @@ def plot(results: dict, path: Path) -> None:
 
 def plot_scenarios(axis, scenarios: list[dict], headline: bool, rounds: int | None) -> None:
     colours = {"service": "C0", "service_direct": "C9", "baseline": "C1", "ceiling_front": "C7",
-               "ceiling_bare": "0.8"}
+               "ceiling_bare": "0.8", "service_budget_off": "C2"}
     width = 0.16
     for index, scenario in enumerate(scenarios):
         present = scenario["servers"]

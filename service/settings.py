@@ -100,6 +100,16 @@ class Settings:
     body_files: Path | None = setting(None, "the folder where nginx leaves request bodies of a "
                                       "million bytes or more, for gunicorn (see README, The front "
                                       "door)", by_launcher=True)
+    # The front door under load (docs/reliability.md)
+    queue_budget_ms: int = setting(1000, "milliseconds a request may wait behind the front door for a "
+                                   "worker; one that waited longer gets 503 with Retry-After, unread "
+                                   "(health routes never); 0: off", may_be_zero=True)
+    queue_connections: int = setting(0, "requests the front door hands gunicorn at once, per worker "
+                                     "(waiting in its backlog or answered); past them, nginx's own "
+                                     "503 with Retry-After; 0: no bound", may_be_zero=True)
+    health_files: Path | None = setting(None, "the folder where the workers keep the health answers "
+                                        "that nginx gives without waiting for a worker",
+                                        by_launcher=True)
     # Access control (service/rest/access.py; README, Access control): off while no key is set.
     api_keys_file: Path | None = setting(None, "a file of API keys, one per line; keys are then "
                                          "required on the model routes")

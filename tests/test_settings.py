@@ -69,5 +69,7 @@ def test_a_default_as_the_table_writes_it_is_the_default(field):
 def test_the_table_has_every_setting_and_marks_the_launchers():
     rows = [line for line in settings.markdown().splitlines() if line.startswith("| `SERVING_")]
     assert [row.split("`")[1] for row in rows] == [settings.variable(field) for field in fields(Settings)]
-    launchers = [row.split(" | ")[0:2] for row in rows if "set by the launcher" in row]
-    assert launchers == [["| `SERVING_BODY_FILES`", "unset"], ["| `SERVING_RUN_SLOTS`", "unset"]]
+    launchers = [row for row in rows if "set by the launcher" in row]
+    assert [row.split(" | ")[:2] for row in launchers] == [["| `SERVING_BODY_FILES`", "unset"],
+                                                           ["| `SERVING_HEALTH_FILES`", "unset"],
+                                                           ["| `SERVING_RUN_SLOTS`", "unset"]]

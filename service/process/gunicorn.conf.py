@@ -88,7 +88,14 @@ def write_json_error(sock, status_int, reason, mesg):
 util.write_error = write_json_error  # gunicorn's workers call util.write_error for these answers
 
 
-def close_when_answered(sock, timeout=2.0, max_drain=65536, graceful=util.close_graceful):
+# The whole body an early answer (a 404, 401, 413, the queue budget's 503) left unread is drained,
+# not gunicorn's 64 KiB of it: closing with nginx still writing the rest makes nginx's write fail,
+# and it answers 502 instead of the answer it was sent (2-6 of 20 early 404s with 64 KB-1 MB bodies
+# in issue 24). nginx has the whole body already, so the drain takes a few milliseconds at most.
+MAX_DRAIN = settings.max_body_bytes + 65536  # the body and the head nginx passes on
+
+
+def close_when_answered(sock, timeout=2.0, max_drain=MAX_DRAIN, graceful=util.close_graceful):
     """gunicorn lingers after every response until the peer closes, so that request bytes left
     unread cannot make the kernel reset the connection and cut the answer short (RFC 9112,
     9.6). When nothing is left unread there is nothing to protect: close at once. Behind

@@ -2,7 +2,8 @@
 
 nginx listens on SERVING_BIND and passes whole requests to gunicorn over a unix socket in a
 private runtime folder; gunicorn's sync workers never wait on a client. SIGTERM or SIGINT stops
-both gracefully (nginx finishes its connections, gunicorn its requests); SIGHUP reloads
+both gracefully: nginx first, which finishes what it holds (queued requests included), then
+gunicorn, within SERVING_GRACEFUL_TIMEOUT in all; SIGHUP reloads
 gunicorn's workers, which load the model repository (and the API keys) afresh; a keys file
 that cannot be used refuses the reload instead (without a signal, every worker and gRPC process
 also polls the repository every SERVING_POLL_INTERVAL seconds: service/repository/polling.py). When either
@@ -91,6 +92,9 @@ def main() -> int:
     os.environ["SERVING_BODY_FILES"] = str(runtime / "client-body")  # see service/process/nginx.py
     os.environ["SERVING_RUN_SLOTS"] = str(runtime / "runs")  # see service/core/limits.py
     os.makedirs(os.environ["SERVING_RUN_SLOTS"])
+    # The health answers nginx gives (service/rest/health_files.py): a fresh folder, no stale answer.
+    os.environ["SERVING_HEALTH_FILES"] = str(runtime / "health")
+    os.makedirs(os.environ["SERVING_HEALTH_FILES"])
     children: dict[str, subprocess.Popen] = {}
     pool = grpc_pool.Pool(settings.workers)
     stopping = False
@@ -110,9 +114,14 @@ def main() -> int:
             return
         stopping = True
         pool.stop()
-        for name, child in children.items():
-            if child.poll() is None:  # nginx stops gracefully on SIGQUIT, gunicorn on SIGTERM
-                child.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
+        # nginx first (SIGQUIT: it closes its port and finishes what it holds), gunicorn once nginx
+        # is gone (watch: drain_then_stop): gunicorn stopping first turned the requests queued in
+        # its backlog into nginx's 502s (64 of 13,776 in issue 24).
+        front = children.get("nginx")
+        if front is not None and front.poll() is None:
+            front.send_signal(signal.SIGQUIT)
+        elif "gunicorn" in children and children["gunicorn"].poll() is None:
+            children["gunicorn"].send_signal(signal.SIGTERM)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
@@ -160,8 +169,12 @@ def watch(children: dict[str, subprocess.Popen], stopping, stop, pool: grpc_pool
     """Until all have exited: when nginx or gunicorn dies unasked, stop the others; a gRPC process
     that dies is replaced (pool.tick); 0 only for a clean stop."""
     failed = None
+    drained_by, signalled = None, set()
     while any(child.poll() is None for child in children.values()) or pool.alive():
         pool.tick()
+        if stopping():
+            drained_by = drained_by or time.monotonic() + Settings.load().graceful_timeout
+            drain_then_stop(children, drained_by, signalled)
         for name, child in children.items():
             if child.poll() is not None and not stopping() and failed is None:
                 failed = name
@@ -170,6 +183,25 @@ def watch(children: dict[str, subprocess.Popen], stopping, stop, pool: grpc_pool
         time.sleep(0.1)
     return 1 if failed else 0
 
+
+def drain_then_stop(children: dict[str, subprocess.Popen], deadline: float, signalled: set) -> None:
+    """While stopping: gunicorn gets SIGTERM once nginx has exited (nothing is left in flight then,
+    so it stops at once); past the deadline (the graceful timeout) with nginx still finishing, both
+    stop at once (nginx's SIGTERM, gunicorn's SIGQUIT), so that the whole stop stays within the
+    graceful timeout, as before; each signal once."""
+    front, back = children.get("nginx"), children.get("gunicorn")
+    late = time.monotonic() > deadline
+    if front is not None and front.poll() is None and late and "nginx" not in signalled:
+        signalled.add("nginx")
+        front.send_signal(signal.SIGTERM)
+    if back is None or back.poll() is not None:
+        return
+    if late and "gunicorn late" not in signalled:
+        signalled.add("gunicorn late")
+        back.send_signal(signal.SIGQUIT)
+    elif (front is None or front.poll() is not None) and "gunicorn" not in signalled:
+        signalled.add("gunicorn")
+        back.send_signal(signal.SIGTERM)
 
 if __name__ == "__main__":
     sys.exit(main())

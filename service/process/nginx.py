@@ -6,6 +6,9 @@ connection (cheap, event-driven), never a sync worker. Clients are cut off after
 `client_timeout` seconds without progress; kept-alive connections after `keepalive_timeout`.
 nginx's own errors are JSON like the service's, with a request id, and nginx writes them to the
 access log (its stdout, which the launcher relays to its own) as gunicorn does the app's answers.
+Under load (docs/reliability.md, The front door under load): nginx stamps what it passes on with
+the time, for the workers' queue budget; answers the health probes from files the workers keep,
+never behind inference; and, when asked, bounds the requests it hands gunicorn at once.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ ERROR_PAGES = "/.front-door-errors/"
 LARGE_BODY_DIGITS = 7
 LARGE_BODIES = "/.front-door-large-bodies"
 BODY_FILE_HEADER = "X-Front-Door-Body-File"  # service.rest.protocols.common.BODY_FILE
+# When nginx passed the request on (its $msec), for the queue budget: service.rest.queue_budget.QUEUED_AT.
+QUEUED_AT_HEADER = "X-Front-Door-Queued-At"
+# Past SERVING_QUEUE_CONNECTIONS, nginx finds no upstream free and answers this 503 itself.
+FULL = "the service is overloaded: too many requests are waiting for a worker; retry later"
+RETRY_AFTER = 1  # seconds, as service.rest.queue_budget.RETRY_AFTER
+HEALTH_PAGES = "/.front-door-health/"
 # nginx reads a request's head into buffers of HEADER_BUFFER_BYTES: the request line, and each
 # header line, must fit in one (else its 414, or 400), and the whole head in HEADER_BUFFERS of them.
 HEADER_BUFFERS = 4
@@ -65,11 +74,25 @@ PROXY_HEADERS = """proxy_set_header Host $http_host;
             proxy_set_header Connection "";"""
 
 
+def proxy_headers(settings: Settings) -> str:
+    """The headers nginx sets on what it passes on; with the queue budget on, when it did so
+    (replacing any client's value); with it off, nothing more (docs/reliability.md)."""
+    if not settings.queue_budget_ms:
+        return PROXY_HEADERS
+    return PROXY_HEADERS + f"\n            proxy_set_header {QUEUED_AT_HEADER} $msec;  # never the client's"
+
+
+# nginx's default accept queue (511) overflows when a burst of clients connects at once (wrk's
+# 1,024): a dropped SYN is sent again a second later, and a probe caught in it took 1.1 s. The
+# kernel caps it at net.core.somaxconn (4096 on current kernels).
+LISTEN_BACKLOG = 4096
+
+
 def listen_directive(bind: str) -> str:
     host, _, port = bind.rpartition(":")
     if host in ("", "0.0.0.0", "*"):
-        return f"listen {port};"
-    return f"listen {host}:{port};"
+        return f"listen {port} backlog={LISTEN_BACKLOG};"
+    return f"listen {host}:{port} backlog={LISTEN_BACKLOG};"
 
 
 def gunicorn_limits() -> list[str]:
@@ -108,11 +131,13 @@ def render(settings: Settings, runtime: Path, upstream: Path) -> str:
     cors_maps, cors_headers = cors(settings)
     # URIs, not named locations: nginx cannot redirect a request whose line it could not parse
     # to a named location. `internal`: clients cannot ask for them.
+    own = (f"internal; default_type application/json; client_max_body_size 0; "
+           "access_log /dev/stdout front_door; add_header X-Request-ID $front_door_request_id always; "
+           f"{cors_headers}")
     pages = "\n".join(
         f"        error_page {code} {ERROR_PAGES}{code};\n"
-        f"        location = {ERROR_PAGES}{code} {{ internal; default_type application/json; "
-        "access_log /dev/stdout front_door; add_header X-Request-ID $front_door_request_id always; "
-        f"{cors_headers}return {CLIENT_STATUS.get(code, code)} '{json.dumps({'error': message})}'; }}"
+        f"        location = {ERROR_PAGES}{code} {{ {own}{full_upstream(code)}"
+        f"return {CLIENT_STATUS.get(code, code)} '{json.dumps({'error': message})}'; }}"
         for code, message in ERRORS.items())
     timeout = settings.client_timeout
     return f"""# Written by service/process/nginx.py at start; edits are lost.
@@ -143,7 +168,8 @@ http {{
     proxy_buffers 64 16k;
     proxy_read_timeout {settings.timeout + 5}s;
     proxy_http_version 1.0;  # sync workers close every connection: no upstream keep-alive
-    upstream service {{ server unix:{upstream}; }}
+    upstream service {{ server unix:{upstream}{max_conns(settings)}; }}
+    map $upstream_addr $front_door_retry_after {{ service {RETRY_AFTER}; default ""; }}
     map $content_length $large_body {{ default 0; "~^[0-9]{{{LARGE_BODY_DIGITS},}}$" 1; }}
     {cors_maps}
     server {{
@@ -153,19 +179,69 @@ http {{
             # be rewritten. `rewrite ... last` is one of the two safe uses of `if` in a location.
             if ($large_body) {{ rewrite ^ {LARGE_BODIES}$uri last; }}
             proxy_pass http://service;
-            {PROXY_HEADERS}
+            {proxy_headers(settings)}
             proxy_set_header {BODY_FILE_HEADER} "";  # never the client's
         }}
         location ^~ {LARGE_BODIES}/ {{
             internal;
+            client_max_body_size 0;  # checked in `location /` before the rewrite; a second check
+                                     # would make the 413's error page recurse into nginx's HTML
             client_body_in_file_only clean;  # deleted when the answer is sent
             proxy_pass_request_body off;
             proxy_pass http://service$request_uri;
-            {PROXY_HEADERS}
+            {proxy_headers(settings)}
             proxy_set_header Content-Length "";
             proxy_set_header {BODY_FILE_HEADER} $request_body_file;
         }}
+{health_locations(settings, runtime / "health", own, cors_headers)}
 {pages}
     }}
 }}
 """
+
+
+def max_conns(settings: Settings) -> str:
+    """The bound on requests handed to gunicorn at once (SERVING_QUEUE_CONNECTIONS per worker)."""
+    if not settings.queue_connections:
+        return ""
+    return f" max_conns={settings.queue_connections * settings.workers}"
+
+
+def full_upstream(code: int) -> str:
+    """For the 502 page: when every upstream connection is taken (max_conns), nginx answers 502
+    with its upstream's name as the address; that is overload, a 503 with Retry-After."""
+    if code != 502:
+        return ""
+    # An add_header inside the `if` would drop the location's own (the request id): a map instead.
+    return (f"add_header Retry-After $front_door_retry_after always; "
+            f"if ($upstream_addr = service) {{ return 503 '{json.dumps({'error': FULL})}'; }} ")
+
+
+def health_locations(settings: Settings, folder: Path, own: str, cors_headers: str) -> str:
+    """/v2/health/live and /ready answered from the files the workers keep (service/rest/health_files.py),
+    never waiting behind inference; from gunicorn while there are none yet, for other methods
+    (its 405), and always when the probes need the API key (SERVING_PUBLIC_HEALTH=false)."""
+    if not settings.public_health:
+        return ""
+    # error_page here replaces the server's, so they are all named again (a 413 by Content-Length).
+    served = ("default_type application/json; access_log /dev/stdout front_door; etag off; "
+              "add_header X-Request-ID $front_door_request_id always; "
+              f"{cors_headers}root {folder}; error_page 405 = @service; ")
+    pages = "".join(f"error_page {code} {ERROR_PAGES}{code}; " for code in ERRORS if code != 503)
+    return f"""        location = /v2/health/live {{
+            {served}
+            {pages}error_page 503 {ERROR_PAGES}503;
+            try_files /live.json @service;
+        }}
+        location = /v2/health/ready {{
+            {served}
+            {pages}error_page 503 {HEALTH_PAGES}not-ready.json;  # with its status: 503
+            if (-f {folder}/not-ready.json) {{ return 503; }}
+            try_files /ready.json @service;
+        }}
+        location ^~ {HEALTH_PAGES} {{ {own}alias {folder}/; }}
+        location @service {{
+            proxy_pass http://service;
+            {proxy_headers(settings)}
+            proxy_set_header {BODY_FILE_HEADER} "";
+        }}"""

@@ -14,7 +14,9 @@ from service.core.dataplane import DataPlane
 from service.core.types import Call
 from service.repository import polling
 from service.rest import access, errors
+from service.rest.health_files import HealthFiles
 from service.rest.protocols.common import CALL
+from service.rest.queue_budget import QueueBudget
 from service.rest.routes import STATIC_FOLDER, HotPath, add_to_flask
 from service.settings import Settings
 
@@ -41,8 +43,14 @@ def build_app(config: Mapping | None = None) -> Flask:
     add_to_flask(app)
     # Access control inside the observer, so that refusals get a request id too; around the
     # hot path and Flask, so that no route is reached without passing it.
-    app.wsgi_app = RequestObserver(access.middleware(HotPath(app.wsgi_app, data_plane), settings),
-                                   data_plane)
+    served = access.middleware(HotPath(app.wsgi_app, data_plane), settings)
+    health = None
+    if settings.health_files is not None:  # behind the front door (service/process/launcher.py)
+        health = HealthFiles(settings.health_files, data_plane)
+        health.start()
+    if settings.queue_budget_ms:  # in front of access control: a refusal costs as little as it can
+        served = QueueBudget(served, settings.queue_budget_ms, health.shed if health else None)
+    app.wsgi_app = RequestObserver(served, data_plane)
     return app
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from service.core.dataplane import DataPlane
 from service.core.errors import BadRequest
+from service.rest import health_files
 from service.rest.codecs import v2 as codec
 from service.rest.codecs.json import parse_object
 from service.rest.protocols.common import (
@@ -26,15 +27,10 @@ def live(environ: dict, plane: DataPlane) -> Reply:
 
 
 def ready(environ: dict, plane: DataPlane) -> Reply:
-    """200 when every model has a version to serve (see ModelRegistry.ready), else 503."""
-    readiness = plane.readiness()
-    answer = {"ready": readiness.ready}
-    if readiness.refused:
-        answer["refused_versions"] = readiness.refused
-    if readiness.ready:
-        return json_reply(answer)
-    answer["error"] = readiness.error
-    return json_reply(answer, status=503)
+    """200 when every model has a version to serve (see ModelRegistry.ready) and the service is
+    not shedding load (service/rest/health_files.py), else 503."""
+    status, document = health_files.readiness(plane, plane.settings.health_files)
+    return json_reply(document, status=status)
 
 
 def repository_index(environ: dict, plane: DataPlane) -> Reply:
