@@ -51,9 +51,9 @@ from service.grpc.guard import (
     SPARE_THREADS,
     Guard,
     KeyCheck,
-    Threads,
     status_of,
 )
+from service.grpc.threads import Threads
 from service.repository import polling
 from service.rest.access import Keys
 from service.settings import Settings
@@ -159,6 +159,7 @@ def build_server(plane: DataPlane, settings: Settings) -> tuple[grpc.Server, hea
     # Up to a thread for every call the Guard lets in (one waiting for its message holds one).
     threads = Threads(settings.grpc_threads, settings.grpc_max_calls + SPARE_THREADS,
                       held=guard.deadlines.waiting)
+    guard.waited = threads.waited  # past SERVING_GRPC_QUEUE_BUDGET_MS, calls are refused
     server = grpc.server(threads, options=options, interceptors=interceptors)
     services.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     checker = health.HealthServicer()
