@@ -42,7 +42,7 @@ CODES = {
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
-# Never kept waiting behind other calls, never refused for a full queue (Guard, Threads).
+# Never kept waiting behind other calls (a thread of their own), never refused for the budget.
 PROBES = (f"/{health.SERVICE_NAME}/", f"/{SERVICE}/ServerLive", f"/{SERVICE}/ServerReady")
 # When a refused call may try again: REST's Retry-After (whole seconds, as the front door's 503),
 # and the trailer gRPC's own retries read when a retry policy names the code (gRFC A6).
@@ -201,7 +201,7 @@ class Guard(grpc.ServerInterceptor):
       ones (health Watch, reflection: they last); beyond, RESOURCE_EXHAUSTED at once;
     - while a call has waited for a thread longer than `budget`, RESOURCE_EXHAUSTED with a retry
       hint, sent as the call arrives (`refusal`); the probes (PROBES) are never refused for it,
-      and go before every call waiting;
+      and have a thread of their own;
     - a call whose deadline passed while it waited is not run: DEADLINE_EXCEEDED;
     - each message the client owes must come within SERVING_CLIENT_TIMEOUT (Deadlines).
     A call that holds a thread meanwhile does not keep others waiting for long (Threads)."""
@@ -256,7 +256,7 @@ class Guard(grpc.ServerInterceptor):
         # A non-blocking stream (health Watch) keeps answering without holding a thread.
         serve.experimental_non_blocking = getattr(behavior, "experimental_non_blocking", False)
         if method.startswith(PROBES):
-            serve.turn = "first"
+            serve.turn = "probe"
         return self.handler_like(handler, serve)
 
     def refusal(self, handler, method: str):

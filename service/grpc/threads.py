@@ -1,7 +1,7 @@
 """gRPC's thread pool (`Threads`): a fixed pool that gives calls kept waiting by held threads
-threads of their own, takes the probes before every call waiting, and lets a refusal be sent
-without a turn. The server is built in service/grpc/server.py; what decides a call's `turn`, and
-which threads are held, is the guard (service/grpc/guard.py)."""
+threads of their own, a thread of the probes' own, and lets a refusal be sent without a turn.
+The server is built in service/grpc/server.py; what decides a call's `turn`, and which threads
+are held, is the guard (service/grpc/guard.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ from concurrent import futures
 PATIENCE, HELD, LINGER = 0.02, 0.25, 1.0
 
 
+def run(future: futures.Future, fn, args, kwargs) -> None:
+    if future.set_running_or_notify_cancel():
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:
+            future.set_exception(error)
+
+
 class Threads(futures.Executor):
     """gRPC's thread pool: `core` threads (SERVING_GRPC_THREADS) take the calls in turn, as a
     fixed pool does, so that under load a thread that ends a call takes the next one at once.
@@ -26,35 +34,37 @@ class Threads(futures.Executor):
     about 10 % fewer single-row calls per second; and calls that merely queue under load get no
     more threads, which would only share the same cores.)
 
-    A call's behaviour may carry a `turn` (Guard sets it): "first" (health, liveness, readiness)
-    is taken before every call waiting, so probes never wait behind inference; "now" (a refusal)
-    runs at once in the thread that submits it, grpcio's poller, as it only sends its status."""
+    A call's behaviour may carry a `turn` (the guard sets it): "probe" (health, liveness,
+    readiness) is taken by a thread of the probes' own, so that a probe never waits behind
+    inference, however long the runs; "now" (a refusal) runs at once in the thread that submits
+    it, grpcio's poller, as it only sends its status."""
 
     def __init__(self, core: int, most: int, held):
         self.core, self.most, self.held = core, most, held
         self.lock = threading.Lock()
         self.ready = threading.Condition(self.lock)  # idle threads wait here for a call
         self.queued = threading.Condition(self.lock)  # the spawner waits here for calls to watch
+        self.probed = threading.Condition(self.lock)  # the probes' thread waits here
         self.calls: collections.deque[tuple] = collections.deque()  # (since, future, fn, args, kwargs)
-        self.first: collections.deque[tuple] = collections.deque()  # health: before any call waiting
+        self.probes: collections.deque[tuple] = collections.deque()  # (future, fn, args, kwargs)
         self.threads = self.idle = 0
         self.watching = False  # whether the spawner waits on `queued`
         threading.Thread(target=self.spawn, name="grpc-spawner", daemon=True).start()
+        threading.Thread(target=self.probe, name="grpc-probes", daemon=True).start()
 
     def submit(self, fn, *args, **kwargs):
         future = futures.Future()
         turn = next((arg.turn for arg in args if hasattr(arg, "turn")), None)
         if turn == "now":  # a refusal: it only sends its status, here, and takes no thread's turn
-            future.set_running_or_notify_cancel()
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except BaseException as error:
-                future.set_exception(error)
+            run(future, fn, args, kwargs)
             return future
         with self.lock:
-            queue = self.first if turn == "first" else self.calls
-            queue.append((time.monotonic(), future, fn, args, kwargs))
-            if len(self.calls) + len(self.first) <= self.idle:  # an idle thread for each call waiting
+            if turn == "probe":
+                self.probes.append((future, fn, args, kwargs))
+                self.probed.notify()
+                return future
+            self.calls.append((time.monotonic(), future, fn, args, kwargs))
+            if len(self.calls) <= self.idle:  # an idle thread for each call waiting
                 self.ready.notify()
                 return future
             if self.threads >= self.core:
@@ -79,50 +89,47 @@ class Threads(futures.Executor):
     def work(self, core: bool) -> None:
         while True:
             with self.lock:
-                while not self.calls and not self.first:
+                while not self.calls:
                     self.idle += 1
                     woken = self.ready.wait(None if core else LINGER)
                     self.idle -= 1
-                    if not woken and not self.calls and not self.first:
+                    if not woken and not self.calls:
                         self.threads -= 1
                         return
-                _, future, fn, args, kwargs = (self.first or self.calls).popleft()
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args, **kwargs))
-                except BaseException as error:
-                    future.set_exception(error)
+                _, future, fn, args, kwargs = self.calls.popleft()
+            run(future, fn, args, kwargs)
             del future, fn, args, kwargs  # nothing of the call held while idle
+
+    def probe(self) -> None:
+        """The probes' thread: they are quick (the process's own state), one after another."""
+        while True:
+            with self.lock:
+                while not self.probes:
+                    self.probed.wait()
+                future, fn, args, kwargs = self.probes.popleft()
+            run(future, fn, args, kwargs)
+            del future, fn, args, kwargs
 
     def spawn(self) -> None:
         """A thread for each call that has waited PATIENCE, beyond the idle ones, while threads
-        are held; and for each probe that has, whatever holds the threads (a long run too)."""
+        are held."""
         while True:
             with self.lock:
-                while not self.calls and not self.first:
+                while not self.calls:
                     self.watching = True
                     self.queued.wait()
                     self.watching = False
             held = self.held(HELD)
             with self.lock:
-                now = time.monotonic()
-                probes, late = self.late(self.first, now), self.late(self.calls, now)
-                heads = [queue[0][0] for queue in (self.first, self.calls) if queue]
-                pause = PATIENCE if probes or late or not heads else min(heads) + PATIENCE - now
-                if self.threads - self.idle - held >= self.core:  # working: no more for calls
-                    late = 0
-                new = max(0, min(probes + late - self.idle, self.most - self.threads))
+                now, late = time.monotonic(), 0
+                for call in self.calls:  # in the order they came
+                    if now - call[0] < PATIENCE:
+                        break
+                    late += 1
+                working = self.threads - self.idle - held
+                new = max(0, min(late - self.idle, self.most - self.threads)) if working < self.core else 0
                 self.threads += new
+                pause = PATIENCE if late or not self.calls else self.calls[0][0] + PATIENCE - now
             for _ in range(new):
                 self.start(core=False)
             time.sleep(pause)
-
-    @staticmethod
-    def late(queue: collections.deque, now: float) -> int:
-        """How many of a queue's calls have waited PATIENCE or more (they are in the order they came)."""
-        count = 0
-        for call in queue:
-            if now - call[0] < PATIENCE:
-                break
-            count += 1
-        return count
