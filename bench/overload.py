@@ -177,6 +177,7 @@ def summarise(runs: list[dict], reference: list[dict], peaks: list[float]) -> di
     return {
         "goodput_per_s": median("goodput_per_s"), "p99_us": median("p99_us"),
         "refused_per_s": median("refused_per_s"),
+        "reset_per_s": statistics.median(run.get("reset", 0) / run["elapsed_s"] for run in runs),
         "goodput_share": statistics.median(a["goodput_per_s"] / peak
                                            for a, peak in zip(runs, peaks, strict=True)),
         "p99_ratio": statistics.median(a["p99_us"] / b["p99_us"] if b["p99_us"] else 0.0
@@ -292,6 +293,9 @@ def lines(results: dict) -> list[str]:
     out.append(f"  gRPC {storm['calls']} calls, {storm['deadline_ms']} ms deadline: OK in time "
                f"{storm['goodput_per_s']:.0f}/s, {100 * storm['goodput_share']:.0f}% of the peak; refused "
                f"{storm['refused_per_s']:.0f}/s ({storm['refusal_status'] or '-'})")
+    grpc_levels = results["protocols"]["grpc"].values()
+    out.append("  gRPC streams reset (HTTP/2, none answered) per second: " + ", ".join(
+        f"{f['reset_per_s']:.0f}" for f in grpc_levels) + f"; storm {storm['reset_per_s']:.0f}")
     for target in results["targets"]:
         out.append(f"  {target['what']}: {target['value']:.2f} (target {target['limit']}): "
                    f"{'MEETS' if target['met'] else 'MISSES'}")
