@@ -66,7 +66,7 @@ $(VENV)/.container-installed: $(VENV)/.dev-installed
 	$(PIP) -e ".[serve,train,dev,container]"
 	touch $@
 
-# About seventeen minutes (needs wrk, h2load and nginx): the service as users run it (python -m service,
+# About fourteen minutes (needs wrk, h2load and nginx): the service as users run it (python -m service,
 # nginx in front) against a bare Flask baseline and a raw-WSGI ceiling, the headline in alternating
 # rounds; then an imported MobileNetV3Small against its onnxruntime floor (python -m bench.run --only-image);
 # then REST and gRPC past saturation (python -m bench.run --only-overload); then the memory of every

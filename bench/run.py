@@ -19,7 +19,7 @@ Then the overload part (bench/overload.py): REST and gRPC at 1x, 4x, 16x and 64x
 that saturates them, and gRPC's 1,024 calls with a 200 ms deadline, with the issue's targets.
 Last, the memory part (bench/memory.py): the total PSS of every process of the service at 2 and
 6 workers with the model cache off and on, with an imported ResNet50.
-Prints one table and writes bench/results.json and bench/results.png. About seventeen minutes on
+Prints one table and writes bench/results.json and bench/results.png. About fourteen minutes on
 2 cores; `--only-image` (`--only-memory`, `--only-overload`) runs the image (memory, overload) part
 alone and updates its key of results.json (image_model, models_in_memory, overload).
 """
