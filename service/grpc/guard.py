@@ -6,9 +6,9 @@ every thread. Every call is served as request-streaming on the server's side (th
 same), so that the key check (`KeyCheck`), the bounds on open calls and streams and a deadline on
 each message the client owes (`Guard`, `Deadlines`, `Wait`) all apply when the call arrives; and
 the pool (service/grpc/threads.py) gives calls kept waiting by held threads threads of their own.
-Under overload (docs/grpc.md): while calls wait for a thread longer than SERVING_GRPC_QUEUE_BUDGET_MS,
-a call is refused as it arrives, with a retry hint; a call whose deadline passed while it waited is not run;
-the probes never wait. How connections are kept: `CONNECTION_OPTIONS`. The server itself is
+Under overload (docs/grpc.md): while calls wait for a thread longer than the queue budget, a call
+is refused as it arrives, with a retry hint; a call whose deadline passed while it waited is not
+run; the probes never wait. How connections are kept: `CONNECTION_OPTIONS`. The server itself is
 service/grpc/server.py.
 """
 
@@ -53,10 +53,10 @@ SPARE_THREADS = 4
 # How connections are kept (gRPC core's server options; the age's grace is set in build_server).
 CONNECTION_OPTIONS = [
     # Calls at once on one connection; more wait in the client, costing the server nothing (their
-    # deadline runs there). 8 keeps a process's threads busy from one connection; with 100, 1,024
-    # calls over 64 connections queued in the server: OK in time at 0.53-0.81x the rate of 8 calls
-    # (200 ms deadline), against 0.70-1.9x with 8, and p99 at a 1 s deadline 545-690 against
-    # 165-350 ms (bench/overload.py's cases, alternating on a loaded 2-core machine).
+    # deadline runs there). 8 keep a process's threads busy from one connection; with 100, 1,024
+    # calls over 64 connections queued in the server: OK in time at 0.53-1.10x the rate of 8 calls
+    # (200 ms deadline, six runs), against 0.64-1.9x with 8, and p99 at a 1 s deadline 545-690
+    # against 165-350 ms (bench/overload.py's cases, alternating on a loaded 2-core machine).
     ("grpc.max_concurrent_streams", 8),
     ("grpc.keepalive_time_ms", 60_000),  # while calls are open, a ping every minute ...
     ("grpc.keepalive_timeout_ms", 20_000),  # ... unanswered for 20 s closes the connection
