@@ -21,10 +21,11 @@ the exception's type only, and is logged. The message size limit is REST's body 
 plane's. SIGTERM stops gracefully (new calls refused, calls in flight given
 SERVING_GRACEFUL_TIMEOUT seconds); SIGHUP is ignored: the launcher reloads by replacing processes.
 
-Hostile clients: the guard (service/grpc/guard.py: `Guard`, `KeyCheck`, `Threads`,
+Hostile clients and overload: the guard (service/grpc/guard.py: `Guard`, `KeyCheck`,
 `CONNECTION_OPTIONS`) serves every call as request-streaming on the server's side, so that the
-key check, the bounds on open calls and streams, and a deadline on each message the client owes
-all apply when the call arrives, and gives calls kept waiting by held threads threads of their own.
+key check, the bounds on open calls and streams, the queue budget and a deadline on each message
+the client owes all apply when the call arrives; the pool (service/grpc/threads.py) gives calls
+kept waiting by held threads threads of their own, and the probes a thread of their own.
 """
 
 from __future__ import annotations
