@@ -66,10 +66,11 @@ $(VENV)/.container-installed: $(VENV)/.dev-installed
 	$(PIP) -e ".[serve,train,dev,container]"
 	touch $@
 
-# About eleven minutes (needs wrk and nginx): the service as users run it (python -m service, nginx
-# in front) against a bare Flask baseline and a raw-WSGI ceiling, the headline in alternating
+# About fourteen minutes (needs wrk, h2load and nginx): the service as users run it (python -m service,
+# nginx in front) against a bare Flask baseline and a raw-WSGI ceiling, the headline in alternating
 # rounds; then an imported MobileNetV3Small against its onnxruntime floor (python -m bench.run --only-image);
-# then the memory of every process with the model cache off and on (python -m bench.memory).
+# then REST and gRPC past saturation (python -m bench.run --only-overload); then the memory of every
+# process with the model cache off and on (python -m bench.memory).
 bench: $(VENV)/.dev-installed $(STUBS)
 	bash scripts/system-packages.sh nginx-light=nginx wrk=wrk nghttp2-client=h2load
 	$(BIN)/python -m bench.run

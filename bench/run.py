@@ -15,15 +15,17 @@ them see the same machine; the table shows the medians of the rounds, and every 
 median of the per-round ratios (the ratio of the medians is printed beside it with the rounds).
 The other scenarios are single runs. Then an imported convolutional network (MobileNetV3Small,
 96x96x3, batch 32) served the same way against its own onnxruntime floor (bench/image.py).
+Then the overload part (bench/overload.py): REST and gRPC at 1x, 4x, 16x and 64x the concurrency
+that saturates them, and gRPC's 1,024 calls with a 200 ms deadline, with the issue's targets.
 Last, the memory part (bench/memory.py): the total PSS of every process of the service at 2 and
 6 workers with the model cache off and on, with an imported ResNet50; then what the memory
 budget of a run costs and does (bench/run_memory.py).
 Then the request path's part (bench/request_path.py: what each feature on the request path costs,
 on against off, in process) and the runaway part (bench/runaway.py: demand's latency while a
 runaway model is asked at once over REST and gRPC).
-Prints one table and writes bench/results.json and bench/results.png. About eleven minutes on 2
-cores; `--only-image` (`--only-memory`) runs the image (memory) part alone and updates its key of
-results.json (image_model, models_in_memory).
+Prints one table and writes bench/results.json and bench/results.png. About sixteen minutes on
+2 cores; `--only-image` (`--only-memory`, `--only-overload`) runs the image (memory, overload) part
+alone and updates its key of results.json (image_model, models_in_memory, overload).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import onnxruntime
 from bench import grpc as grpc_part
 from bench import image, request_path, runaway
 from bench import memory as memory_part
+from bench import overload as overload_part
 from bench import run_memory as run_memory_part
 from bench.harness import (
     ROOT,
@@ -610,6 +613,31 @@ def run_grpc(args: argparse.Namespace) -> dict:
                              environment=environment, log=lambda line: print(line, flush=True))
 
 
+def run_overload(args: argparse.Namespace) -> dict:
+    """The overload part (bench/overload.py): REST and gRPC past saturation, one python -m service."""
+    environment = {"SERVING_WORKERS": str(args.workers), **dict(s.split("=", 1) for s in args.overload_env)}
+    with tempfile.TemporaryDirectory() as scratch:
+        return overload_part.run(Path(scratch), rounds=args.overload_rounds, seconds=args.overload_seconds,
+                                 environment=environment, log=lambda line: print(line, flush=True))
+
+
+def run_only_overload(args: argparse.Namespace) -> int:
+    """--only-overload: the overload part alone, its key (overload) replaced in --output."""
+    results = {}
+    with contextlib.suppress(OSError, ValueError):
+        results = json.loads(args.output.read_text())
+    try:
+        results[overload_part.KEY] = run_overload(args)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+        print(f"overload part failed: {error}", file=sys.stderr)
+        return 1
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print()
+    print("\n".join(overload_part.lines(results[overload_part.KEY])))
+    print(f"\n{results[overload_part.KEY]['elapsed_s']:.0f} s; written {display(args.output)}")
+    return 0
+
+
 def run_only_grpc(args: argparse.Namespace) -> int:
     """--only-grpc: the gRPC part alone, its key (grpc) replaced in --output."""
     results = {}
@@ -659,6 +687,15 @@ def main() -> int:
                         help=f"gRPC part: seconds per run (default {grpc_part.SECONDS})")
     parser.add_argument("--grpc-env", action="append", default=[], metavar="SERVING_NAME=VALUE",
                         help="gRPC part: a service setting, e.g. SERVING_GRPC_THREADS=1 (repeatable)")
+    parser.add_argument("--only-overload", action="store_true",
+                        help="the overload part alone (bench/overload.py); replaces its key (overload)")
+    parser.add_argument("--no-overload", action="store_true", help="skip the overload part")
+    parser.add_argument("--overload-rounds", type=int, default=overload_part.ROUNDS,
+                        help=f"overload part: rounds (default {overload_part.ROUNDS})")
+    parser.add_argument("--overload-seconds", type=int, default=overload_part.SECONDS,
+                        help=f"overload part: seconds per run (default {overload_part.SECONDS})")
+    parser.add_argument("--overload-env", action="append", default=[], metavar="SERVING_NAME=VALUE",
+                        help="overload part: a service setting, e.g. SERVING_GRPC_QUEUE_BUDGET_MS=0")
     parser.add_argument("--image-rounds", type=int, default=image.ROUNDS,
                         help=f"image part: rounds (default {image.ROUNDS})")
     parser.add_argument("--image-seconds", type=int, default=image.SECONDS,
@@ -671,13 +708,15 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
         return 1
-    if any("=" not in setting for setting in args.image_env + args.grpc_env):
+    if any("=" not in setting for setting in args.image_env + args.grpc_env + args.overload_env):
         parser.error("--image-env takes SERVING_NAME=VALUE")
     if args.rounds < 1 or args.seconds < 1:
         parser.error("--rounds and --seconds take positive integers")
 
     if args.only_grpc:
         return run_only_grpc(args)
+    if args.only_overload:
+        return run_only_overload(args)
     if args.only_memory:
         return memory_part.main([f"--output={args.output}"])
     if args.only_request_path:
@@ -703,6 +742,12 @@ def main() -> int:
             results["image_model"] = run_image(args)
         except (image.BenchFailure, RuntimeError) as error:
             print(f"image part failed: {error}", file=sys.stderr)
+            return 1
+    if not args.no_overload and not args.only_image:
+        try:
+            results[overload_part.KEY] = run_overload(args)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+            print(f"overload part failed: {error}", file=sys.stderr)
             return 1
     if not args.no_memory and not args.only_image:
         try:
@@ -731,6 +776,9 @@ def main() -> int:
         print()
     if "grpc" in results and not args.only_image:
         print("\n".join(grpc_part.lines(results["grpc"])))
+        print()
+    if overload_part.KEY in results and not args.only_image:
+        print("\n".join(overload_part.lines(results[overload_part.KEY])))
         print()
     if "image_model" in results:
         print("\n".join(image.lines(results["image_model"])))

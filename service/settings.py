@@ -96,6 +96,11 @@ class Settings:
                                   "beyond")
     grpc_max_streams: int = setting(16, "per gRPC process, streaming calls open at once (health "
                                     "Watch, reflection); RESOURCE_EXHAUSTED beyond")
+    # gRPC under overload (docs/grpc.md): a bounded wait for a thread, refused past it.
+    grpc_queue_budget_ms: int = setting(1000, "milliseconds a gRPC call may wait for a thread: while "
+                                        "the longest waiting has waited longer, calls are refused "
+                                        "as they arrive (RESOURCE_EXHAUSTED with a retry hint; "
+                                        "health and liveness never wait); 0: off", may_be_zero=True)
     # A worker reads a body from this folder only when nginx says so (service/process/nginx.py).
     body_files: Path | None = setting(None, "the folder where nginx leaves request bodies of a "
                                       "million bytes or more, for gunicorn (see README, The front "

@@ -239,7 +239,7 @@ def test_a_call_gets_a_thread_of_its_own_only_while_one_is_held(held):
     """One core thread, busy for a second: a quick call waits for it when the thread works (more
     threads would share the same cores), and gets a thread of its own when the thread is held by
     a call waiting for its message."""
-    from service.grpc.guard import PATIENCE, Threads
+    from service.grpc.threads import PATIENCE, Threads
 
     threads = Threads(core=1, most=3, held=lambda seconds: held)
     release = threading.Event()

@@ -1,12 +1,15 @@
-"""The gRPC server's guard against hostile clients, and its one error mapping (`status_of`).
+"""The gRPC server's guard against hostile clients and overload, and its one error mapping (`status_of`).
 
 grpcio's sync server gives a unary method's call a pool thread as soon as it arrives, and that
 thread waits for the message without a limit, so a few calls that never send one used to hold
 every thread. Every call is served as request-streaming on the server's side (the wire is the
 same), so that the key check (`KeyCheck`), the bounds on open calls and streams and a deadline on
 each message the client owes (`Guard`, `Deadlines`, `Wait`) all apply when the call arrives; and
-the pool (`Threads`) gives calls kept waiting by held threads threads of their own. How
-connections are kept: `CONNECTION_OPTIONS`. The server itself is service/grpc/server.py.
+the pool (service/grpc/threads.py) gives calls kept waiting by held threads threads of their own.
+Under overload (docs/grpc.md): while calls wait for a thread longer than the queue budget, a call
+is refused as it arrives, with a retry hint; a call whose deadline passed while it waited is not
+run; the probes never wait. How connections are kept: `CONNECTION_OPTIONS`. The server itself is
+service/grpc/server.py.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import collections
 import logging
 import threading
 import time
-from concurrent import futures
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health
@@ -43,15 +46,22 @@ CODES = {
 # Where the code is not the HTTP status's: a model at its share is a quota spent (gRPC's
 # RESOURCE_EXHAUSTED), not a server that is down (UNAVAILABLE, REST's 503).
 KINDS = {ModelBusy: grpc.StatusCode.RESOURCE_EXHAUSTED}
+# Never kept waiting behind other calls (a thread of their own), never refused for the budget.
+PROBES = (f"/{health.SERVICE_NAME}/", f"/{SERVICE}/ServerLive", f"/{SERVICE}/ServerReady")
+# When a refused call may try again: REST's Retry-After (whole seconds, as the front door's 503),
+# and the trailer gRPC's own retries read when a retry policy names the code (gRFC A6).
+RETRY_AFTER_S = 1
+RETRY_HINT = (("retry-after", str(RETRY_AFTER_S)), ("grpc-retry-pushback-ms", str(RETRY_AFTER_S * 1000)))
 # Threads beyond SERVING_GRPC_MAX_CALLS: they only refuse calls (a key, a bound), at once.
 SPARE_THREADS = 4
-# Threads: a call that has waited PATIENCE seconds for a thread gets one of its own, when some
-# are held by calls that have waited HELD seconds for their message (longer than a loaded
-# machine takes to hand over one that came); such a thread ends after LINGER seconds idle.
-PATIENCE, HELD, LINGER = 0.02, 0.25, 1.0
 # How connections are kept (gRPC core's server options; the age's grace is set in build_server).
 CONNECTION_OPTIONS = [
-    ("grpc.max_concurrent_streams", 100),  # calls at once on one connection; more wait in the client
+    # Calls at once on one connection; more wait in the client, costing the server nothing (their
+    # deadline runs there). 8 keep a process's threads busy from one connection; with 100, 1,024
+    # calls over 64 connections queued in the server: OK in time at 0.53-1.10x the rate of 8 calls
+    # (200 ms deadline, six runs), against 0.64-1.9x with 8, and p99 at a 1 s deadline 545-690
+    # against 165-350 ms (bench/overload.py's cases, alternating on a loaded 2-core machine).
+    ("grpc.max_concurrent_streams", 8),
     ("grpc.keepalive_time_ms", 60_000),  # while calls are open, a ping every minute ...
     ("grpc.keepalive_timeout_ms", 20_000),  # ... unanswered for 20 s closes the connection
     ("grpc.http2.max_pings_without_data", 0),  # and go on pinging beside a quiet stream
@@ -192,110 +202,42 @@ class Deadlines:
                      "(SERVING_CLIENT_TIMEOUT)", late.method, context.peer(), self.seconds)
 
 
-class Threads(futures.Executor):
-    """gRPC's thread pool: `core` threads (SERVING_GRPC_THREADS) take the calls in turn, as a
-    fixed pool does, so that under load a thread that ends a call takes the next one at once.
-    When calls have waited PATIENCE for a thread while fewer than `core` threads work, the others
-    being held by calls that have waited HELD for a message (`held`), each such call gets a
-    thread of its own, up to `most` threads in all; such a thread ends after LINGER without a
-    call. (A plain pool of `most` threads hands every call to a sleeping thread instead: measured
-    about 10 % fewer single-row calls per second; and calls that merely queue under load get no
-    more threads, which would only share the same cores.)"""
-
-    def __init__(self, core: int, most: int, held):
-        self.core, self.most, self.held = core, most, held
-        self.lock = threading.Lock()
-        self.ready = threading.Condition(self.lock)  # idle threads wait here for a call
-        self.queued = threading.Condition(self.lock)  # the spawner waits here for calls to watch
-        self.calls: collections.deque[tuple] = collections.deque()  # (since, future, fn, args, kwargs)
-        self.threads = self.idle = 0
-        self.watching = False  # whether the spawner waits on `queued`
-        threading.Thread(target=self.spawn, name="grpc-spawner", daemon=True).start()
-
-    def submit(self, fn, *args, **kwargs):
-        future = futures.Future()
-        with self.lock:
-            self.calls.append((time.monotonic(), future, fn, args, kwargs))
-            if len(self.calls) <= self.idle:  # an idle thread for each call waiting
-                self.ready.notify()
-                return future
-            if self.threads >= self.core:
-                if self.watching:
-                    self.queued.notify()
-                return future
-            self.threads += 1
-        self.start(core=True)
-        return future
-
-    def start(self, core: bool) -> None:
-        threading.Thread(target=self.work, args=(core,), name="grpc", daemon=True).start()
-
-    def work(self, core: bool) -> None:
-        while True:
-            with self.lock:
-                while not self.calls:
-                    self.idle += 1
-                    woken = self.ready.wait(None if core else LINGER)
-                    self.idle -= 1
-                    if not woken and not self.calls:
-                        self.threads -= 1
-                        return
-                _, future, fn, args, kwargs = self.calls.popleft()
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args, **kwargs))
-                except BaseException as error:
-                    future.set_exception(error)
-            del future, fn, args, kwargs  # nothing of the call held while idle
-
-    def spawn(self) -> None:
-        """A thread for each call that has waited PATIENCE, beyond the idle ones, while threads
-        are held."""
-        while True:
-            with self.lock:
-                while not self.calls:
-                    self.watching = True
-                    self.queued.wait()
-                    self.watching = False
-            held = self.held(HELD)
-            with self.lock:
-                now, late = time.monotonic(), 0
-                for call in self.calls:  # in the order they came
-                    if now - call[0] < PATIENCE:
-                        break
-                    late += 1
-                working = self.threads - self.idle - held
-                new = max(0, min(late - self.idle, self.most - self.threads)) if working < self.core else 0
-                self.threads += new
-                pause = PATIENCE if late or not self.calls else self.calls[0][0] + PATIENCE - now
-            for _ in range(new):
-                self.start(core=False)
-            time.sleep(pause)
-
-
 class Guard(grpc.ServerInterceptor):
     """What every call passes before its method runs, as soon as it arrives: each handler is
     served as request-streaming (`guarded`), so that nothing waits for a message unbounded.
 
     - at most `max_calls` calls open at once in the process, of which `max_streams` streaming
       ones (health Watch, reflection: they last); beyond, RESOURCE_EXHAUSTED at once;
+    - while a call has waited for a thread longer than `budget`, RESOURCE_EXHAUSTED with a retry
+      hint, sent as the call arrives (`refusal`); the probes (PROBES) are never refused for it,
+      and have a thread of their own;
+    - a call whose deadline passed while it waited is not run: DEADLINE_EXCEEDED;
     - each message the client owes must come within SERVING_CLIENT_TIMEOUT (Deadlines).
     A call that holds a thread meanwhile does not keep others waiting for long (Threads)."""
 
     def __init__(self, settings: Settings):
         self.max_calls, self.max_streams = settings.grpc_max_calls, settings.grpc_max_streams
+        self.budget = settings.grpc_queue_budget_ms / 1000
+        self.waited: Callable[[], float] = lambda: 0.0  # the longest wait for a thread: Threads.waited
         self.calls = self.streams = 0
         self.lock = threading.Lock()
         self.deadlines = Deadlines(settings.client_timeout)
-        self.handlers: dict[str, tuple] = {}  # method: (its handler, guarded), built on first use
+        # method: (its handler, guarded, refusal), built on first use
+        self.handlers: dict[str, tuple] = {}
 
     def intercept_service(self, continuation, details):
+        """In grpcio's poller, as the call arrives: while a call has waited for a thread longer
+        than SERVING_GRPC_QUEUE_BUDGET_MS, the refusal (answered there and then), else the guarded
+        handler."""
         handler = continuation(details)
         if handler is None:
             return None
         known = self.handlers.get(details.method)
         if known is None or known[0] is not handler:
-            known = self.handlers[details.method] = handler, self.guarded(handler, details.method)
+            known = self.handlers[details.method] = (handler, self.guarded(handler, details.method),
+                                                     self.refusal(handler, details.method))
+        if known[2] is not None and self.budget and self.waited() > self.budget:
+            return known[2]
         return known[1]
 
     def guarded(self, handler, method: str):
@@ -322,12 +264,41 @@ class Guard(grpc.ServerInterceptor):
                     self.leave(streaming=False)
         # A non-blocking stream (health Watch) keeps answering without holding a thread.
         serve.experimental_non_blocking = getattr(behavior, "experimental_non_blocking", False)
+        if method.startswith(PROBES):
+            serve.turn = "probe"
+        return self.handler_like(handler, serve)
+
+    def refusal(self, handler, method: str):
+        """What a call gets while calls wait for a thread longer than the budget: RESOURCE_EXHAUSTED
+        and when to try again, sent from grpcio's poller without reading its message (None for the
+        probes, which never wait). It costs the process about a fifth of an answer's CPU (80 against
+        360-450 µs, docs/grpc.md)."""
+        if method.startswith(PROBES):
+            return None
+        message = (f"the server is busy: calls wait for a thread longer than "
+                   f"{self.budget * 1000:.0f} ms (SERVING_GRPC_QUEUE_BUDGET_MS); "
+                   f"try again in {RETRY_AFTER_S} s")
+
+        def refuse(requests, context, *send):
+            context.set_trailing_metadata(RETRY_HINT)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+        refuse.turn = "now"
+        return self.handler_like(handler, refuse)
+
+    @staticmethod
+    def handler_like(handler, behavior):
+        """A request-streaming handler (server side) for `behavior`, with `handler`'s codecs."""
         kind = grpc.stream_stream_rpc_method_handler if handler.response_streaming \
             else grpc.stream_unary_rpc_method_handler
-        return kind(serve, request_deserializer=handler.request_deserializer,
+        return kind(behavior, request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer)
 
     def admit(self, context, method: str, streaming: bool) -> None:
+        """Counted in, or refused; a call whose deadline passed while it waited for its thread is
+        not run (its client has stopped waiting: it saw DEADLINE_EXCEEDED already)."""
+        if context.time_remaining() <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before it ran")
         with self.lock:
             if self.calls >= self.max_calls:
                 refusal = f"the server is at its limit of {self.max_calls} calls at once; try again later"

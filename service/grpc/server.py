@@ -21,10 +21,11 @@ the exception's type only, and is logged. The message size limit is REST's body 
 plane's. SIGTERM stops gracefully (new calls refused, calls in flight given
 SERVING_GRACEFUL_TIMEOUT seconds); SIGHUP is ignored: the launcher reloads by replacing processes.
 
-Hostile clients: the guard (service/grpc/guard.py: `Guard`, `KeyCheck`, `Threads`,
+Hostile clients and overload: the guard (service/grpc/guard.py: `Guard`, `KeyCheck`,
 `CONNECTION_OPTIONS`) serves every call as request-streaming on the server's side, so that the
-key check, the bounds on open calls and streams, and a deadline on each message the client owes
-all apply when the call arrives, and gives calls kept waiting by held threads threads of their own.
+key check, the bounds on open calls and streams, the queue budget and a deadline on each message
+the client owes all apply when the call arrives; the pool (service/grpc/threads.py) gives calls
+kept waiting by held threads threads of their own, and the probes a thread of their own.
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ from service.grpc.guard import (
     SPARE_THREADS,
     Guard,
     KeyCheck,
-    Threads,
     status_of,
 )
+from service.grpc.threads import Threads
 from service.repository import polling
 from service.rest.access import Keys
 from service.settings import Settings
@@ -165,6 +166,7 @@ def build_server(plane: DataPlane, settings: Settings) -> tuple[grpc.Server, hea
     # Up to a thread for every call the Guard lets in (one waiting for its message holds one).
     threads = Threads(settings.grpc_threads, settings.grpc_max_calls + SPARE_THREADS,
                       held=guard.deadlines.waiting)
+    guard.waited = threads.waited  # past SERVING_GRPC_QUEUE_BUDGET_MS, calls are refused
     server = grpc.server(threads, options=options, interceptors=interceptors)
     services.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     checker = health.HealthServicer()
