@@ -25,7 +25,7 @@ import pytest
 
 from modelcard import forward
 from service.process.nginx import ERROR_PAGES, LARGE_BODIES
-from tests.conftest import front_door, latest_version
+from tests.conftest import front_door, latest_version, metric_value
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 
@@ -147,8 +147,7 @@ def test_the_queue_budget_refuses_with_retry_after_and_what_it_lets_through_is_r
         time.sleep(0.2)
     metrics = call(door.url, "GET", "/metrics")[2].decode()
     assert "serving_queue_wait_seconds_bucket" in metrics
-    shed = next(line for line in metrics.splitlines() if line.startswith("serving_shed_requests_total "))
-    assert float(shed.split()[1]) >= len(refused)
+    assert metric_value(metrics, "serving_shed_requests_total", protocol="rest") >= len(refused)
 
 
 def test_a_clients_own_stamp_never_reaches_the_app(budget_door):

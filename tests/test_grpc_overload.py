@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from service.core.dataplane import DataPlane
 from service.core.hooks import Hook
@@ -91,8 +92,13 @@ def hold_the_thread(stub, holding: Holding, waiting: int = 0, timeout: float = 3
     return calls
 
 
+def sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name, {"protocol": "grpc"}) or 0.0
+
+
 def test_past_the_budget_calls_are_refused_at_once_with_a_retry_hint_and_never_run(served):
     stub, _, holding = served
+    shed, waited = sample("serving_shed_requests_total"), sample("serving_queue_wait_seconds_sum")
     queued = hold_the_thread(stub, holding, waiting=3)
     time.sleep(3 * BUDGET_MS / 1000)  # the queued calls have waited past the budget
     refusals, started = [], time.perf_counter()
@@ -113,6 +119,9 @@ def test_past_the_budget_calls_are_refused_at_once_with_a_retry_hint_and_never_r
     holding.release.set()
     assert all(answered_right(call.result(timeout=10)) for call in queued)  # the queued ones ran
     assert answered_right(stub.ModelInfer(digits_request(), timeout=10))  # and the budget is free again
+    # Counted: every refusal, and the time the three queued calls waited for the thread.
+    assert sample("serving_shed_requests_total") - shed == 200
+    assert sample("serving_queue_wait_seconds_sum") - waited >= 3 * 3 * BUDGET_MS / 1000
 
 
 def test_a_call_whose_deadline_passed_while_it_waited_is_not_run(served):

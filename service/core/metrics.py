@@ -77,15 +77,17 @@ RUN_LIMITS = Counter(
     "all its long runs).", ["model", "version", "limit"],
 )
 
-# The front door under load (service/rest/queue_budget.py): how long requests waited for a worker.
+# Under load (service/rest/queue_budget.py, service/grpc/threads.py): how long requests waited for
+# a worker or a gRPC thread, and those refused for waiting too long.
 QUEUE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 QUEUE_SECONDS = Histogram(
-    "serving_queue_wait_seconds", "Time a REST request waited between the front door and a worker.",
-    buckets=QUEUE_BUCKETS,
+    "serving_queue_wait_seconds", "Time a request waited for a worker (REST: from the front door) or "
+    "a gRPC thread, by protocol (rest, grpc).", ["protocol"], buckets=QUEUE_BUCKETS,
 )
 SHED_REQUESTS = Counter(
-    "serving_shed_requests_total", "REST requests a worker refused (503) because they had waited past "
-    "the queue budget (SERVING_QUEUE_BUDGET_MS); nginx's own refusals are not counted here.",
+    "serving_shed_requests_total", "Requests refused for the queue: REST 503 from a worker, past "
+    "SERVING_QUEUE_BUDGET_MS (nginx's own refusals are not counted here); gRPC RESOURCE_EXHAUSTED "
+    "while calls waited past SERVING_GRPC_QUEUE_BUDGET_MS; by protocol.", ["protocol"],
 )
 
 # Label children are looked up once per label set: prometheus_client's labels() takes a lock

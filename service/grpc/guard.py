@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
+from service.core import metrics
 from service.core.errors import BadRequest, ModelBusy, ServiceError
 from service.rest.access import Keys
 from service.settings import Settings
@@ -280,6 +281,7 @@ class Guard(grpc.ServerInterceptor):
                    f"try again in {RETRY_AFTER_S} s")
 
         def refuse(requests, context, *send):
+            metrics.SHED_REQUESTS.labels("grpc").inc()
             context.set_trailing_metadata(RETRY_HINT)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 

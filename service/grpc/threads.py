@@ -10,6 +10,8 @@ import threading
 import time
 from concurrent import futures
 
+from service.core import metrics
+
 # Threads: a call that has waited PATIENCE seconds for a thread gets one of its own, when some
 # are held by calls that have waited HELD seconds for their message (longer than a loaded
 # machine takes to hand over one that came); such a thread ends after LINGER seconds idle.
@@ -49,6 +51,7 @@ class Threads(futures.Executor):
         self.probes: collections.deque[tuple] = collections.deque()  # (future, fn, args, kwargs)
         self.threads = self.idle = 0
         self.watching = False  # whether the spawner waits on `queued`
+        self.observe = metrics.QUEUE_SECONDS.labels("grpc").observe  # the wait for a thread
         threading.Thread(target=self.spawn, name="grpc-spawner", daemon=True).start()
         threading.Thread(target=self.probe, name="grpc-probes", daemon=True).start()
 
@@ -96,7 +99,8 @@ class Threads(futures.Executor):
                     if not woken and not self.calls:
                         self.threads -= 1
                         return
-                _, future, fn, args, kwargs = self.calls.popleft()
+                since, future, fn, args, kwargs = self.calls.popleft()
+            self.observe(time.monotonic() - since)
             run(future, fn, args, kwargs)
             del future, fn, args, kwargs  # nothing of the call held while idle
 

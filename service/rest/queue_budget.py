@@ -30,7 +30,7 @@ class QueueBudget:
         self.budget = budget_ms / 1000
         self.budget_ms = budget_ms
         self.shed = shed
-        self.observe = metrics.QUEUE_SECONDS.observe
+        self.observe = metrics.QUEUE_SECONDS.labels("rest").observe
 
     def __call__(self, environ, start_response):
         stamp = environ.get(QUEUED_AT)
@@ -46,7 +46,7 @@ class QueueBudget:
         return self.wsgi_app(environ, start_response)
 
     def refuse(self, start_response, waited: float):
-        metrics.SHED_REQUESTS.inc()
+        metrics.SHED_REQUESTS.labels("rest").inc()
         if self.shed is not None:
             self.shed()
         body = orjson.dumps({"error": f"the service is overloaded: the request waited {waited * 1000:.0f} "
