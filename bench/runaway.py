@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import ROOT, free_port, front_door
+from bench.harness import ROOT, ClientThreads, free_port, front_door
 from modelcard import forward
 
 KEY = "runaway"
@@ -94,13 +94,13 @@ class Paced:
                 "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3}
 
 
-class Attack:
+class Attack(ClientThreads):
     """Two REST and eight gRPC clients asking runaway, each again as soon as answered."""
 
     def __init__(self, url: str, grpc_address: str):
+        super().__init__(0)
         self.url, self.grpc_address = f"{url}/v2/models/runaway/infer", grpc_address
         self.answers: collections.Counter = collections.Counter()
-        self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self.rest) for _ in range(2)] + \
             [threading.Thread(target=self.grpc) for _ in range(8)]
 
@@ -129,17 +129,6 @@ class Attack:
                 self.stopping.wait(1.0 if status == "RESOURCE_EXHAUSTED" else 0.0)
         finally:
             client.close()
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(60)
-
 
 def everyone_answers(url: str, grpc_address: str, expected: np.ndarray, tries: int = 16) -> bool:
     """demand answered right by many new connections (spread over every worker and gRPC process)."""
