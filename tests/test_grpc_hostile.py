@@ -100,18 +100,18 @@ def served():
 
 
 def test_stalled_calls_and_idle_streams_do_not_starve_model_infer(served, cases):
-    """200 calls that never send their message (over 4 connections, as one connection carries at
-    most 100 at once) and 32 reflection streams that never send a request, then 200 ordinary
+    """200 calls that never send their message (over 25 connections, as one connection carries at
+    most 8 at once) and 32 reflection streams that never send a request, then 200 ordinary
     ModelInfer calls: all answered right, p99 at most 100 ms, and health answers, while the
     hostile calls are still open (they are ended only after SERVING_CLIENT_TIMEOUT, 10 s by
     default)."""
     ordinary_infer(served.grpc, cases, 6)  # warm: models, channel
-    channels = [separate_channel(served.grpc) for _ in range(5)]
+    channels = [separate_channel(served.grpc) for _ in range(29)]
     try:
         with Stalled() as stalled:
             started = time.monotonic()
-            calls = [stalled.model_infer(channels[n % 4]) for n in range(200)]
-            streams = [stalled.reflection(channels[4]) for _ in range(32)]
+            calls = [stalled.model_infer(channels[n % 25]) for n in range(200)]
+            streams = [stalled.reflection(channels[25 + n % 4]) for n in range(32)]
             time.sleep(1)  # every call and stream reaches the server
             latencies = ordinary_infer(served.grpc, cases, 200)
             with separate_channel(served.grpc) as channel:
