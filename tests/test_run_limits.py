@@ -297,3 +297,34 @@ def test_a_model_at_its_share_is_refused_over_grpc_with_a_retry_hint(service):
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
     assert "at its limit of 1 long run" in refused.value.details()
     assert ("retry-after", "1") in tuple(refused.value.trailing_metadata())
+
+
+class Model:
+    """What the limits read of a loaded version."""
+
+    def __init__(self):
+        self.name, self.version, self.card = "held", 1, type("Card", (), {"limits": {}})()
+
+    @staticmethod
+    def run_options():
+        return type("Options", (), {"terminate": False})()
+
+
+def test_the_watchdog_holds_no_model_once_its_run_ended(tmp_path):
+    """A version unloaded is freed (its mapped weights with it), even when the watchdog saw it run."""
+    import gc
+    import weakref
+
+    from service.core.limits import TICK, Limits
+    from service.core.types import Call, InferenceRequest
+
+    limits = Limits(Settings.load({"run_slots": tmp_path}))
+    model = Model()
+    run = limits.start(model, Call("v2"), InferenceRequest({}))
+    time.sleep(5 * TICK)  # the watchdog has looked at the run
+    limits.end(run)
+    time.sleep(5 * TICK)
+    freed = weakref.ref(model)
+    del model, run
+    gc.collect()
+    assert freed() is None

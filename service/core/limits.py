@@ -226,21 +226,26 @@ class Limits:
     def watch(self) -> None:
         while True:
             time.sleep(TICK)
-            now = time.perf_counter()
-            for run in list(self.runs.values()):
-                with self.lock:
-                    if id(run) not in self.runs or run.stopped is not None:
-                        continue
-                    if run.deadline is not None and now >= run.deadline:
-                        run.stopped = DeadlineExceeded(
-                            f"model {run.model.name!r} was stopped after {now - run.started:.3f} s: "
-                            f"{words(run.limit)} had passed")
-                    elif run.slots is not None and run.slot is None and now - run.started >= LONG_RUN:
-                        run.slot = run.slots.take()
-                        if run.slot is None:
-                            run.stopped = busy(run.model, run.slots.count)
-                    if run.stopped is not None:
-                        run.options.terminate = True
+            self.look(time.perf_counter())
+
+    def look(self, now: float) -> None:
+        """Stops the runs past their deadline, and those that became long without a slot. A method
+        of its own, so that the watchdog holds no run (and so no model) while it sleeps: a version
+        unloaded meanwhile is freed, its mapped weights with it."""
+        for run in list(self.runs.values()):
+            with self.lock:
+                if id(run) not in self.runs or run.stopped is not None:
+                    continue
+                if run.deadline is not None and now >= run.deadline:
+                    run.stopped = DeadlineExceeded(
+                        f"model {run.model.name!r} was stopped after {now - run.started:.3f} s: "
+                        f"{words(run.limit)} had passed")
+                elif run.slots is not None and run.slot is None and now - run.started >= LONG_RUN:
+                    run.slot = run.slots.take()
+                    if run.slot is None:
+                        run.stopped = busy(run.model, run.slots.count)
+                if run.stopped is not None:
+                    run.options.terminate = True
 
 
 def words(limit: tuple[str, object]) -> str:
