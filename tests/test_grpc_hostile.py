@@ -100,11 +100,10 @@ def served():
 
 
 def test_stalled_calls_and_idle_streams_do_not_starve_model_infer(served, cases):
-    """200 calls that never send their message (over 25 connections, as one connection carries at
-    most 8 at once) and 32 reflection streams that never send a request, then 200 ordinary
-    ModelInfer calls: all answered right, p99 at most 100 ms, and health answers, while the
-    hostile calls are still open (they are ended only after SERVING_CLIENT_TIMEOUT, 10 s by
-    default)."""
+    """200 calls that never send their message (8 on each of 25 connections) and 32 reflection
+    streams that never send a request, then 200 ordinary ModelInfer calls: all answered right, p99
+    at most 100 ms, and health answers, while the hostile calls are still open (they are ended
+    only after SERVING_CLIENT_TIMEOUT, 10 s by default)."""
     ordinary_infer(served.grpc, cases, 6)  # warm: models, channel
     channels = [separate_channel(served.grpc) for _ in range(29)]
     try:
