@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import logging
 import mmap
 import os
 import struct
@@ -43,8 +42,6 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.repository.version_folder import LoadedModel
-
-log = logging.getLogger(__name__)
 
 LONG_RUN = 0.1  # seconds: longer than any single-row run of a model fit to serve online
 TICK = 0.02  # seconds between two looks of the watchdog: how late a limit may act
@@ -138,8 +135,8 @@ class Limits:
         self.default_ms = settings.run_timeout_ms
         self.ceiling_ms = settings.max_run_timeout_ms
         bound = settings.model_long_runs
-        self.long_runs = {"auto": max(1, settings.workers - 1), "off": None}.get(bound) \
-            if bound in ("auto", "off") else int(bound)
+        self.long_runs = (None if bound == "off" else max(1, settings.workers - 1) if bound == "auto"
+                          else int(bound))
         self.folder = settings.run_slots
         self.runs: dict[int, Run] = {}
         self.slots: dict[tuple[str, int], Slots] = {}
