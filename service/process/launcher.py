@@ -116,7 +116,7 @@ def main() -> int:
         pool.stop()
         # nginx first (SIGQUIT: it closes its port and finishes what it holds), gunicorn once nginx
         # is gone (watch: drain_then_stop): gunicorn stopping first turned the requests queued in
-        # its backlog into nginx's 502s (64 of 13,776 in issue 24).
+        # its backlog into nginx's 502s (measured: 64 of 13,776).
         front = children.get("nginx")
         if front is not None and front.poll() is None:
             front.send_signal(signal.SIGQUIT)

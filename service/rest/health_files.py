@@ -1,7 +1,7 @@
 """The health answers as files, which nginx gives without waiting behind inference.
 
 Under load a probe that reaches gunicorn waits in its backlog with the inference requests (0.41 s
-at 1,024 connections in issue 24; a probe's default timeout is 1 s). So each worker keeps the
+at 1,024 connections, measured; a probe's default timeout is 1 s). So each worker keeps the
 answers of /v2/health/live and /v2/health/ready in SERVING_HEALTH_FILES (a folder of the
 launcher's runtime, empty at every start) up to date, from a thread of its own, every
 REFRESH_SECONDS: `live.json`, and `ready.json` (200) or `not-ready.json` (503), each replaced
