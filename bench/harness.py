@@ -39,6 +39,15 @@ BENCH = ROOT / "bench"
 STARTUP_SECONDS = 90
 
 
+def write_part(output: Path, key: str, figures: dict) -> None:
+    """One part's figures under `key` of the results file (bench/results.json), the others kept."""
+    results = {}
+    with contextlib.suppress(OSError, ValueError):
+        results = json.loads(output.read_text())
+    results[key] = figures
+    output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

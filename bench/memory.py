@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import BENCH, ROOT, Server, cpu_seconds, free_port, front_door, memory
+from bench.harness import BENCH, ROOT, Server, cpu_seconds, free_port, front_door, memory, write_part
 
 NAME = "resnet50"
 SHAPE = (64, 64, 3)
@@ -379,9 +379,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--output", type=Path, default=BENCH / "results.json")
     args = parser.parse_args(argv)
-    results = {}
-    with contextlib.suppress(OSError, ValueError):
-        results = json.loads(args.output.read_text())
     with tempfile.TemporaryDirectory() as scratch:
         try:
             figures = run(Path(scratch), args.rounds, log=lambda line: print(line, flush=True))
@@ -389,8 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"memory part failed: {error}", file=sys.stderr)
             return 1
     figures["measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    results[KEY] = figures
-    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_part(args.output, KEY, figures)
     print("\n".join(lines(figures)))
     return 0
 

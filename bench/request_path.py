@@ -12,7 +12,6 @@ microseconds per call, and the cost is the median of the per-round ratios on/off
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import statistics
@@ -21,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.harness import write_part
 from service import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,12 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=CALLS)
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args(argv)
-    results = {}
-    with contextlib.suppress(OSError, ValueError):
-        results = json.loads(args.output.read_text())
-    results[KEY] = run(args.rounds, args.calls)
-    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print("\n".join(lines(results[KEY])))
+    figures = run(args.rounds, args.calls)
+    write_part(args.output, KEY, figures)
+    print("\n".join(lines(figures)))
     return 0
 
 

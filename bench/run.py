@@ -61,6 +61,7 @@ from bench.harness import (
     medians,
     others_busy,
     warm_up,
+    write_part,
     wrk,
 )
 
@@ -623,36 +624,30 @@ def run_overload(args: argparse.Namespace) -> dict:
 
 def run_only_overload(args: argparse.Namespace) -> int:
     """--only-overload: the overload part alone, its key (overload) replaced in --output."""
-    results = {}
-    with contextlib.suppress(OSError, ValueError):
-        results = json.loads(args.output.read_text())
     try:
-        results[overload_part.KEY] = run_overload(args)
+        figures = run_overload(args)
     except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
         print(f"overload part failed: {error}", file=sys.stderr)
         return 1
-    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_part(args.output, overload_part.KEY, figures)
     print()
-    print("\n".join(overload_part.lines(results[overload_part.KEY])))
-    print(f"\n{results[overload_part.KEY]['elapsed_s']:.0f} s; written {display(args.output)}")
+    print("\n".join(overload_part.lines(figures)))
+    print(f"\n{figures['elapsed_s']:.0f} s; written {display(args.output)}")
     return 0
 
 
 def run_only_grpc(args: argparse.Namespace) -> int:
     """--only-grpc: the gRPC part alone, its key (grpc) replaced in --output."""
-    results = {}
-    with contextlib.suppress(OSError, ValueError):
-        results = json.loads(args.output.read_text())
     try:
-        results["grpc"] = run_grpc(args)
+        figures = run_grpc(args)
     except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
         print(f"gRPC part failed: {error}", file=sys.stderr)
         return 1
-    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_part(args.output, "grpc", figures)
     print()
-    print("\n".join(grpc_part.lines(results["grpc"])))
-    failures = results["grpc"]["failed_requests"]
-    print(f"\nfailed requests: {failures}; {results['grpc']['elapsed_s']:.0f} s; "
+    print("\n".join(grpc_part.lines(figures)))
+    failures = figures["failed_requests"]
+    print(f"\nfailed requests: {failures}; {figures['elapsed_s']:.0f} s; "
           f"written {display(args.output)}")
     return 1 if failures else 0
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import BENCH, ROOT, free_port, front_door, memory
+from bench.harness import BENCH, ROOT, free_port, front_door, memory, write_part
 
 KEY = "run_memory"  # of bench/results.json
 BUDGET_MB = 256
@@ -288,9 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--output", type=Path, default=BENCH / "results.json")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    results = {}
-    with contextlib.suppress(OSError, ValueError):
-        results = json.loads(args.output.read_text())
     with tempfile.TemporaryDirectory() as scratch:
         try:
             figures = run(Path(scratch), args.rounds, log=lambda line: print(line, flush=True))
@@ -298,8 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run-memory part failed: {error}", file=sys.stderr)
             return 1
     figures["measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    results[KEY] = figures
-    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_part(args.output, KEY, figures)
     print("\n".join(lines(figures)))
     return 0
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import shutil
 import statistics
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import ROOT, ClientThreads, free_port, front_door
+from bench.harness import ROOT, ClientThreads, free_port, front_door, write_part
 from modelcard import forward
 
 KEY = "runaway"
@@ -195,11 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         figures = run(Path(scratch), args.rate, args.seconds)
-    results = {}
-    with contextlib.suppress(OSError, ValueError):
-        results = json.loads(args.output.read_text())
-    results[KEY] = figures
-    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_part(args.output, KEY, figures)
     print("\n".join(lines(figures)))
     return 0 if figures["every_process_serves"] and not figures["attacked"]["wrong"] else 1
 
