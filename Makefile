@@ -50,9 +50,10 @@ $(VENV)/checkov/bin/checkov: deploy/checkov-constraints.txt | $(BIN)/python
 		-c deploy/checkov-constraints.txt checkov
 	touch $@
 
-# The tests need nginx (the front door) and Chromium (the page): installed when missing.
+# The tests need nginx (the front door), Chromium (the page) and wrk (the front door under load):
+# installed when missing.
 test: lint $(VENV)/checkov/bin/checkov $(STUBS)
-	bash scripts/system-packages.sh nginx-light=nginx chromium=chromium
+	bash scripts/system-packages.sh nginx-light=nginx chromium=chromium wrk=wrk
 	$(BIN)/python -m pytest
 
 clean:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,8 +25,6 @@ import pytest
 from modelcard import forward
 from service.process.nginx import ERROR_PAGES, LARGE_BODIES
 from tests.conftest import front_door, latest_version, metric_value
-
-pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 
 ROW = [25.0, 7.5, 2500.0, 5.5]
 SCRIPT = """
